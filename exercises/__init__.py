@@ -1,0 +1,1 @@
+"""Your exercises: fill in the stubs, then run `pytest tests/exercises` for your score."""

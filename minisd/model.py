@@ -1,0 +1,445 @@
+"""minisd's two networks in PyTorch: a CLIP-like text encoder and a small diffusers-style UNet.
+
+PyTorch is used to TRAIN minisd and as the test oracle for the course's own kernels. Module names follow
+diffusers' UNet2DConditionModel and HF's CLIP text model, so ``state_dict()`` keys read like Stable
+Diffusion's (``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) and a learner can
+hold the two side by side. See docs/MINISD_SPEC.md for the contract; every block here is written out in
+full (no diffusers import) so it can be read top to bottom.
+
+    model = MiniSD(CONFIG)                       # .text_encoder and .unet
+    context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
+    eps = model.unet(noisy, timesteps, context)  # (B, 3, 32, 32) -> (B, 3, 32, 32)
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minisd.text import MAX_LENGTH, VOCAB
+
+CONFIG = {
+    "text_encoder": {
+        "vocab_size": len(VOCAB),
+        "max_length": MAX_LENGTH,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 256,
+        "layer_norm_eps": 1e-5,
+    },
+    "unet": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "sample_size": 32,
+        "block_out_channels": [32, 64, 128],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "norm_eps": 1e-5,
+        "attention_head_dim": 32,
+        "cross_attention_dim": 64,
+        "time_proj_dim": 32,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+    },
+    "scheduler": {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "prediction_type": "epsilon",
+        "clip_sample": True,
+    },
+}
+
+
+def default_config():
+    """A fresh copy of CONFIG, safe to edit."""
+    return copy.deepcopy(CONFIG)
+
+
+# ----------------------------------------------------------------------------------------------- text encoder
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention over the prompt's tokens (no causal mask: the prompt is tiny)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads))
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as the spec and ops.gelu
+
+
+class CLIPEncoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim, heads, hidden, eps):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = CLIPAttention(dim, heads)
+        self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = CLIPMLP(dim, hidden)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, max_length) -> encoder_hidden_states (B, max_length, hidden_size)."""
+
+    def __init__(self, vocab_size, max_length, hidden_size, num_layers, num_heads, intermediate_size, layer_norm_eps):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, hidden_size)
+        self.position_embedding = nn.Embedding(max_length, hidden_size)
+        self.layers = nn.ModuleList(
+            CLIPEncoderLayer(hidden_size, num_heads, intermediate_size, layer_norm_eps) for _ in range(num_layers)
+        )
+        self.final_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, input_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions)
+        for layer in self.layers:
+            x = layer(x)
+        return self.final_layer_norm(x)
+
+
+# ------------------------------------------------------------------------------------------- shared pieces
+
+
+def attention(q, k, v, heads):
+    """(B, Lq, H*D), (B, Lk, H*D) -> (B, Lq, H*D), softmax(q k^T / sqrt(D)) v per head."""
+    b, lq, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)  # default scale is 1/sqrt(D); fused kernel on GPU
+    return out.transpose(1, 2).reshape(b, lq, inner)
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0.0, max_period=10000):
+    """Sinusoidal embedding of the (B,) timesteps, same formula as diffusers' get_timestep_embedding."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    freqs = torch.exp(exponent / (half - downscale_freq_shift))
+    args = timesteps.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    return emb
+
+
+# ------------------------------------------------------------------------------------------------ UNet parts
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_dim, dim):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResnetBlock2D(nn.Module):
+    """Two 3x3 convs with GroupNorm+SiLU; the timestep enters as a per-channel bias between them."""
+
+    def __init__(self, in_channels, out_channels, temb_channels, groups, eps):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # A 1x1 conv only where the channel count changes, so the residual can be added.
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x, temb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return shortcut + h
+
+
+class Downsample2D(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Attention(nn.Module):
+    """diffusers' Attention: q from the image tokens, k/v from ``context`` (cross) or the tokens (self)."""
+
+    def __init__(self, dim, heads, context_dim=None):
+        super().__init__()
+        self.heads = heads
+        context_dim = context_dim or dim
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers keeps a Dropout at to_out.1
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+
+
+class GEGLU(nn.Module):
+    """Linear to twice the width; one half gates the other through GELU."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * hidden)
+
+    def forward(self, x):
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        # net.1 is a Dropout in diffusers; nn.Identity keeps the index (and so the key names) the same.
+        self.net = nn.ModuleList([GEGLU(dim, mult * dim), nn.Identity(), nn.Linear(mult * dim, dim)])
+
+    def forward(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, cross-attention to the prompt, feed-forward; each pre-norm with a residual."""
+
+    def __init__(self, dim, heads, context_dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x, context):
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class Transformer2DModel(nn.Module):
+    """Image (B,C,H,W) -> H*W tokens -> transformer block -> image, plus the input (use_linear_projection)."""
+
+    def __init__(self, channels, heads, context_dim, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, context_dim)])
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x, context):
+        b, c, h, w = x.shape
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        tokens = self.proj_out(tokens)
+        return x + tokens.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+# ------------------------------------------------------------------------------------------- UNet blocks
+
+
+class DownBlock(nn.Module):
+    """DownBlock2D (no attentions) or CrossAttnDownBlock2D; returns the output and the skips it pushes."""
+
+    def __init__(self, in_ch, out_ch, temb_ch, layers, groups, eps, head_dim, context_dim, cross_attn, downsample):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps) for i in range(layers)
+        )
+        self.attentions = (
+            nn.ModuleList(Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in range(layers))
+            if cross_attn
+            else None
+        )
+        self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if downsample else None
+
+    def forward(self, x, temb, context):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock(nn.Module):
+    """UpBlock2D or CrossAttnUpBlock2D: each resnet eats one skip, concatenated on the channels."""
+
+    def __init__(self, skip_chs, prev_ch, out_ch, temb_ch, groups, eps, head_dim, context_dim, cross_attn, upsample):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D((prev_ch if i == 0 else out_ch) + skip, out_ch, temb_ch, groups, eps)
+            for i, skip in enumerate(skip_chs)
+        )
+        self.attentions = (
+            nn.ModuleList(Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in skip_chs)
+            if cross_attn
+            else None
+        )
+        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if upsample else None
+
+    def forward(self, x, skips, temb, context):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+class UNetMidBlock2DCrossAttn(nn.Module):
+    def __init__(self, ch, temb_ch, groups, eps, head_dim, context_dim):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, groups, eps) for _ in range(2)])
+        self.attentions = nn.ModuleList([Transformer2DModel(ch, ch // head_dim, context_dim, groups)])
+
+    def forward(self, x, temb, context):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+class UNet2DConditionModel(nn.Module):
+    """(noisy sample, timestep, encoder_hidden_states) -> predicted noise epsilon, same shape as the sample."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        sample_size,
+        block_out_channels,
+        down_block_types,
+        up_block_types,
+        layers_per_block,
+        norm_num_groups,
+        norm_eps,
+        attention_head_dim,
+        cross_attention_dim,
+        time_proj_dim,
+        flip_sin_to_cos,
+        freq_shift,
+    ):
+        super().__init__()
+        self.sample_size = sample_size
+        self.time_proj_args = (time_proj_dim, flip_sin_to_cos, freq_shift)
+        temb_ch = 4 * block_out_channels[0]
+        self.time_embedding = TimestepEmbedding(time_proj_dim, temb_ch)
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        common = dict(
+            temb_ch=temb_ch,
+            groups=norm_num_groups,
+            eps=norm_eps,
+            head_dim=attention_head_dim,
+            context_dim=cross_attention_dim,
+        )
+
+        # Down path; remember each skip's channel count so the up path knows what it will concatenate.
+        skip_chs = [block_out_channels[0]]
+        self.down_blocks = nn.ModuleList()
+        for i, kind in enumerate(down_block_types):
+            in_ch = block_out_channels[max(i - 1, 0)]
+            out_ch = block_out_channels[i]
+            last = i == len(block_out_channels) - 1
+            cross = kind == "CrossAttnDownBlock2D"
+            self.down_blocks.append(DownBlock(in_ch, out_ch, layers=layers_per_block, cross_attn=cross, downsample=not last, **common))
+            skip_chs += [out_ch] * layers_per_block + ([] if last else [out_ch])
+
+        mid_ch = block_out_channels[-1]
+        self.mid_block = UNetMidBlock2DCrossAttn(mid_ch, **common)
+
+        # Up path: layers_per_block + 1 resnets per block, each popping one skip (deepest first).
+        self.up_blocks = nn.ModuleList()
+        prev_ch = mid_ch
+        for i, kind in enumerate(up_block_types):
+            out_ch = block_out_channels[-1 - i]
+            mine = [skip_chs.pop() for _ in range(layers_per_block + 1)]
+            last = i == len(block_out_channels) - 1
+            cross = kind == "CrossAttnUpBlock2D"
+            self.up_blocks.append(UpBlock(mine, prev_ch, out_ch, cross_attn=cross, upsample=not last, **common))
+            prev_ch = out_ch
+
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
+        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        if not torch.is_tensor(timestep) or timestep.ndim == 0:
+            timestep = torch.full((sample.shape[0],), float(timestep), device=sample.device)
+        temb = self.time_embedding(timestep_embedding(timestep, *self.time_proj_args).to(sample.dtype))
+
+        x = self.conv_in(sample)
+        skips = [x]
+        for block in self.down_blocks:
+            x, pushed = block(x, temb, encoder_hidden_states)
+            skips += pushed
+        x = self.mid_block(x, temb, encoder_hidden_states)
+        for block in self.up_blocks:
+            x = block(x, skips, temb, encoder_hidden_states)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+# ------------------------------------------------------------------------------------------------ holder
+
+
+class MiniSD(nn.Module):
+    """Both networks in one module, so ``state_dict()`` keys start with "text_encoder." and "unet."."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = copy.deepcopy(config or CONFIG)
+        self.text_encoder = TextEncoder(**self.config["text_encoder"])
+        self.unet = UNet2DConditionModel(**self.config["unet"])
+
+    def forward(self, sample, timestep, input_ids):
+        return self.unet(sample, timestep, self.text_encoder(input_ids))
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,1 @@
+"""Reference answers, graded by `pytest tests/exercises --solutions`."""
