@@ -106,12 +106,15 @@ class CLIPEncoderLayer(nn.Module):
 class TextEncoder(nn.Module):
     """Token ids (B, max_length) -> encoder_hidden_states (B, max_length, hidden_size)."""
 
-    def __init__(self, vocab_size, max_length, hidden_size, num_layers, num_heads, intermediate_size, layer_norm_eps):
+    def __init__(
+        self, vocab_size, max_length, hidden_size, num_layers, num_heads, intermediate_size, layer_norm_eps
+    ):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, hidden_size)
         self.position_embedding = nn.Embedding(max_length, hidden_size)
         self.layers = nn.ModuleList(
-            CLIPEncoderLayer(hidden_size, num_heads, intermediate_size, layer_norm_eps) for _ in range(num_layers)
+            CLIPEncoderLayer(hidden_size, num_heads, intermediate_size, layer_norm_eps)
+            for _ in range(num_layers)
         )
         self.final_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
@@ -284,13 +287,17 @@ class Transformer2DModel(nn.Module):
 class DownBlock(nn.Module):
     """DownBlock2D (no attentions) or CrossAttnDownBlock2D; returns the output and the skips it pushes."""
 
-    def __init__(self, in_ch, out_ch, temb_ch, layers, groups, eps, head_dim, context_dim, cross_attn, downsample):
+    def __init__(
+        self, in_ch, out_ch, temb_ch, layers, groups, eps, head_dim, context_dim, cross_attn, downsample
+    ):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps) for i in range(layers)
         )
         self.attentions = (
-            nn.ModuleList(Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in range(layers))
+            nn.ModuleList(
+                Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in range(layers)
+            )
             if cross_attn
             else None
         )
@@ -312,14 +319,18 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """UpBlock2D or CrossAttnUpBlock2D: each resnet eats one skip, concatenated on the channels."""
 
-    def __init__(self, skip_chs, prev_ch, out_ch, temb_ch, groups, eps, head_dim, context_dim, cross_attn, upsample):
+    def __init__(
+        self, skip_chs, prev_ch, out_ch, temb_ch, groups, eps, head_dim, context_dim, cross_attn, upsample
+    ):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock2D((prev_ch if i == 0 else out_ch) + skip, out_ch, temb_ch, groups, eps)
             for i, skip in enumerate(skip_chs)
         )
         self.attentions = (
-            nn.ModuleList(Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in skip_chs)
+            nn.ModuleList(
+                Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in skip_chs
+            )
             if cross_attn
             else None
         )
@@ -389,7 +400,11 @@ class UNet2DConditionModel(nn.Module):
             out_ch = block_out_channels[i]
             last = i == len(block_out_channels) - 1
             cross = kind == "CrossAttnDownBlock2D"
-            self.down_blocks.append(DownBlock(in_ch, out_ch, layers=layers_per_block, cross_attn=cross, downsample=not last, **common))
+            self.down_blocks.append(
+                DownBlock(
+                    in_ch, out_ch, layers=layers_per_block, cross_attn=cross, downsample=not last, **common
+                )
+            )
             skip_chs += [out_ch] * layers_per_block + ([] if last else [out_ch])
 
         mid_ch = block_out_channels[-1]
@@ -403,7 +418,9 @@ class UNet2DConditionModel(nn.Module):
             mine = [skip_chs.pop() for _ in range(layers_per_block + 1)]
             last = i == len(block_out_channels) - 1
             cross = kind == "CrossAttnUpBlock2D"
-            self.up_blocks.append(UpBlock(mine, prev_ch, out_ch, cross_attn=cross, upsample=not last, **common))
+            self.up_blocks.append(
+                UpBlock(mine, prev_ch, out_ch, cross_attn=cross, upsample=not last, **common)
+            )
             prev_ch = out_ch
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)

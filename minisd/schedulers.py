@@ -67,10 +67,13 @@ def betas_for_alpha_bar(num_diffusion_timesteps, max_beta=0.999):
 
 
 def rescale_zero_terminal_snr(betas):
-    """Shift and scale sqrt(alpha_bar) so the last timestep is pure noise (Lin et al. 2023, Algorithm 1)."""
-    alphas_bar_sqrt = np.sqrt(np.cumprod(1.0 - betas.astype(np.float64)))
+    """Shift and scale sqrt(alpha_bar) so the last timestep is pure noise (Lin et al. 2023, Algorithm 1).
+
+    In float32 throughout (cumprod accumulated in float64, as torch does), to reproduce diffusers' table.
+    """
+    alphas_bar_sqrt = np.sqrt(np.cumprod((1.0 - betas).astype(np.float64)).astype(np.float32))
     first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
-    alphas_bar = ((alphas_bar_sqrt - last) * first / (first - last)) ** 2
+    alphas_bar = ((alphas_bar_sqrt - last) * (first / (first - last))) ** 2
     alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
     return (1.0 - alphas).astype(np.float32)
 
@@ -153,7 +156,9 @@ class _BetaScheduler:
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = set(overrides) - known
         if unknown:
-            raise TypeError(f"{cls.__name__} has no config option(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise TypeError(
+                f"{cls.__name__} has no config option(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         kwargs = {key: value for key, value in dict(config).items() if key in known}
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -287,7 +292,9 @@ class DDPMScheduler(_BetaScheduler):
             return timestep - 1
         where = np.flatnonzero(self.timesteps == timestep)
         if where.size == 0:
-            raise ValueError(f"timestep {timestep} is not one of this scheduler's timesteps {self.timesteps.tolist()}")
+            raise ValueError(
+                f"timestep {timestep} is not one of this scheduler's timesteps {self.timesteps.tolist()}"
+            )
         index = int(where[0])
         return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
 

@@ -135,11 +135,13 @@ __device__ __forceinline__ void acc_coord(int idx, int& m, int& n)
     }
 }
 
-// The K loop. Loader::load(k0, ra, rb) fetches the A and B tiles starting at k0 into registers, element
-// e = threadIdx.x + i * THREADS of the tile being ra[i] (A: m = e / BK, k = e % BK) and
-// rb[i] (B: k = e / BN, n = e % BN), zero outside the matrices. Each op brings its own loader.
+// The K loop over tile steps [t0, t1) (a step is BK values of k). Loader::load(k0, ra, rb) fetches the A
+// and B tiles starting at k0 into registers, zero outside the matrices: ra[i] is A tile element
+// e = threadIdx.x + i * THREADS (m = e / BK, k = e % BK); rb[i] is B tile element e with (k = e / BN,
+// n = e % BN), or, when Loader::B_K_FASTEST, (n = e / BK, k = e % BK): whichever order reads global memory
+// in contiguous runs. Each op brings its own loader.
 template <int BM, int BN, int MODE, class Loader>
-__device__ __forceinline__ void gemm_mainloop(const Loader& ld, int K, float* acc)
+__device__ __forceinline__ void gemm_mainloop(const Loader& ld, int t0, int t1, float* acc)
 {
     constexpr int A_PER = BM * BK / THREADS, B_PER = BK * BN / THREADS;
     __shared__ Stage<BM, BN> stage[2];
@@ -155,26 +157,93 @@ __device__ __forceinline__ void gemm_mainloop(const Loader& ld, int K, float* ac
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
             const int e = tid + i * THREADS;
-            s.b[e / BN][e % BN] = rb[i];
+            if (Loader::B_K_FASTEST) s.b[e % BK][e / BK] = rb[i];
+            else s.b[e / BN][e % BN] = rb[i];
         }
     };
 
-    ld.load(0, ra, rb);
+    if (t0 >= t1) return;  // an empty K slice (split-K remainder): same branch for the whole block
+    ld.load(t0 * BK, ra, rb);
     store(stage[0]);
     __syncthreads();
-    const int steps = (K + BK - 1) / BK;
-    for (int t = 0; t < steps; ++t) {
-        const bool more = t + 1 < steps;
+    for (int t = t0; t < t1; ++t) {
+        const bool more = t + 1 < t1;
         if (more) ld.load((t + 1) * BK, ra, rb);  // in flight while we multiply
-        tile_product<BM, BN, MODE>(stage[t & 1], acc);
-        if (more) store(stage[(t + 1) & 1]);  // the other stage: nobody reads it now
+        tile_product<BM, BN, MODE>(stage[(t - t0) & 1], acc);
+        if (more) store(stage[(t + 1 - t0) & 1]);  // the other stage: nobody reads it now
         __syncthreads();
+    }
+}
+
+// Split-K on a thread-block cluster (Hopper). minisd's matrices are small (M x N of a few thousand) but
+// deep (K up to 2304): one block per output tile would leave most of the 132 SMs idle, each block walking
+// K alone. So KS blocks (one cluster, along grid z) share each tile: block r multiplies its slice of K,
+// writes its partial tile to its own shared memory, and after a cluster barrier every block adds up one
+// KS-th of the tile from all KS shared memories (distributed shared memory), always in rank order:
+// deterministic, no atomics, no workspace in global memory, one launch.
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ unsigned cluster_rank()
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Read a float at the same shared-memory offset as p, in the block of rank `rank` of this cluster.
+__device__ __forceinline__ float load_from_block(const float* p, unsigned rank)
+{
+    unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+// The whole tile product: K loop (split KS ways across the cluster) and the reduction; store(m, n, value)
+// then writes each finished tile element (tile coordinates) exactly once.
+template <int BM, int BN, int MODE, int KS, class Loader, class Store>
+__device__ __forceinline__ void gemm_tile(const Loader& ld, int K, const Store& store)
+{
+    float acc[BM * BN / THREADS] = {};
+    const int steps = (K + BK - 1) / BK;
+    if constexpr (KS == 1) {
+        gemm_mainloop<BM, BN, MODE>(ld, 0, steps, acc);
+#pragma unroll
+        for (int idx = 0; idx < BM * BN / THREADS; ++idx) {
+            int m, n;
+            acc_coord<BM, BN, MODE>(idx, m, n);
+            store(m, n, acc[idx]);
+        }
+    } else {
+        __shared__ float partial[BM * BN];
+        const unsigned rank = cluster_rank();
+        const int per = (steps + KS - 1) / KS;
+        gemm_mainloop<BM, BN, MODE>(ld, rank * per, min(steps, (int)(rank + 1) * per), acc);
+#pragma unroll
+        for (int idx = 0; idx < BM * BN / THREADS; ++idx) {
+            int m, n;
+            acc_coord<BM, BN, MODE>(idx, m, n);
+            partial[m * BN + n] = acc[idx];
+        }
+        cluster_sync();  // every partial tile written, and visible to the whole cluster
+        for (int e = rank * THREADS + threadIdx.x; e < BM * BN; e += KS * THREADS) {
+            float v = 0.0f;
+#pragma unroll
+            for (int r = 0; r < KS; ++r) v += load_from_block(&partial[e], r);
+            store(e / BN, e % BN, v);
+        }
+        cluster_sync();  // keep our shared memory alive until the other blocks have read it
     }
 }
 
 // linear: out[m][n] = sum_k x[m][k] * w[n][k] + bias[n] (+ residual[m][n]).  A = x, B[k][n] = w[n][k].
 template <int BM, int BN>
 struct LinearLoader {
+    static constexpr bool B_K_FASTEST = true;  // w rows are k-contiguous: read them along k
     const float* __restrict__ x;
     const float* __restrict__ w;
     int M, N, K, m0, n0;
@@ -189,31 +258,26 @@ struct LinearLoader {
         }
 #pragma unroll
         for (int i = 0; i < BK * BN / THREADS; ++i) {
-            const int e = tid + i * THREADS, k = k0 + e / BN, n = n0 + e % BN;
-            rb[i] = (n < N && k < K) ? w[(long long)n * K + k] : 0.0f;  // strided, but w stays in L1/L2
+            const int e = tid + i * THREADS, n = n0 + e / BK, k = k0 + e % BK;
+            rb[i] = (n < N && k < K) ? w[(long long)n * K + k] : 0.0f;
         }
     }
 };
 
-template <int BM, int BN, int MODE>
-__global__ void __launch_bounds__(THREADS)
+// Grid (row tiles, feature tiles, KS): rows (tokens, possibly many) on x, which allows 2^31 - 1 blocks.
+template <int BM, int BN, int MODE, int KS>
+__global__ void __cluster_dims__(1, 1, KS) __launch_bounds__(THREADS)
     linear_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                   const float* __restrict__ residual, float* __restrict__ out, int M, int N, int K)
 {
-    const LinearLoader<BM, BN> ld{x, w, M, N, K, (int)blockIdx.y * BM, (int)blockIdx.x * BN};
-    float acc[BM * BN / THREADS] = {};
-    gemm_mainloop<BM, BN, MODE>(ld, K, acc);
-#pragma unroll
-    for (int idx = 0; idx < BM * BN / THREADS; ++idx) {
-        int m, n;
-        acc_coord<BM, BN, MODE>(idx, m, n);
+    const LinearLoader<BM, BN> ld{x, w, M, N, K, (int)blockIdx.x * BM, (int)blockIdx.y * BN};
+    gemm_tile<BM, BN, MODE, KS>(ld, K, [&](int m, int n, float v) {
         m += ld.m0;
         n += ld.n0;
         if (m < M && n < N) {
-            float v = acc[idx];
             if (bias) v += bias[n];
             if (residual) v += residual[(long long)m * N + n];
             out[(long long)m * N + n] = v;
         }
-    }
+    });
 }

@@ -1,0 +1,131 @@
+"""``python -m minisd {sample,info,train,eval,bench}`` (also installed as the ``minisd`` command).
+
+python -m minisd sample --prompt "a red circle on a blue background" --num-images 4 --out grid.png
+python -m minisd info
+"""
+
+import argparse
+import sys
+import time
+
+EXIT_USAGE = 2  # argparse's own code for a bad command line
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+    def __init__(self, message, code=EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def sample_parser(sub):
+    from minisd.mode import BACKENDS
+    from minisd.opset import KERNEL_SOURCES
+    from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS
+
+    p = sub.add_parser("sample", help="generate images from prompts and save them as a PNG grid")
+    p.add_argument("--prompt", action="append", help=f"repeat for several rows (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
+    p.add_argument("--kernels", choices=KERNEL_SOURCES, default="minisd", help="whose kernels run the ops")
+    p.add_argument(
+        "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
+    )
+    p.add_argument("--out", default="minisd_samples.png", help="PNG to write (default minisd_samples.png)")
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the grid (default 4)")
+    return p
+
+
+def check_sample_args(args):
+    """Everything that can be checked before the (slow) weights load and sampling."""
+    import minisd.mode as mode
+    from minisd.pipeline import DEFAULT_PROMPT
+    from minisd.text import tokenize
+
+    args.prompt = args.prompt or [DEFAULT_PROMPT]
+    for name in ("num_images", "steps", "scale"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1", EXIT_USAGE)
+    try:
+        tokenize(args.prompt)
+        mode.check_backend(args.backend or mode.default_backend())
+    except (ValueError, RuntimeError) as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+
+
+def run_sample(args):
+    from tqdm import tqdm
+
+    import minisd
+    import minisd.mode as mode
+    from minisd.grid import save_grid
+    from minisd.weights import WeightsError
+
+    check_sample_args(args)
+    backend = args.backend or mode.default_backend()
+    prompts = [p for p in args.prompt for _ in range(args.num_images)]
+    print(f"{mode.describe()}\nsampling {len(prompts)} images, {args.steps} steps, backend {backend}")
+    start = time.perf_counter()
+    try:
+        pipe = minisd.MiniSDPipeline.from_pretrained(args.weights, backend=backend, kernels=args.kernels)
+    except WeightsError as err:
+        raise CliError(str(err)) from None
+    loaded = time.perf_counter()
+    with tqdm(total=args.steps, unit="step", desc="denoising") as bar:
+        images = pipe(prompts, args.steps, args.guidance, args.seed, progress=lambda i, n: bar.update(1))
+    done = time.perf_counter()
+    path = save_grid(images, args.prompt, args.num_images, args.out, args.scale)
+    per_step = (done - loaded) / args.steps
+    print(f"load {loaded - start:.2f} s, sampling {done - loaded:.2f} s ({per_step * 1e3:.1f} ms/step)")
+    print(f"wrote {path}")
+
+
+def run_info(_args):
+    import minisd.mode as mode
+
+    print(mode.info())
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m minisd", description="minisd: tiny text-to-image diffusion"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,info,train,eval,bench}")
+    sample_parser(sub)
+    sub.add_parser("info", help="what this machine runs minisd on")
+    # train, eval and bench parse their own options
+    for name, help_text in [
+        ("train", "train minisd in PyTorch"),
+        ("eval", "score how well minisd follows its prompts"),
+        ("bench", "time sampling on every backend"),
+    ]:
+        sub.add_parser(name, help=help_text, add_help=False)
+    if argv and argv[0] in ("train", "eval", "bench"):
+        return run_delegated(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        {"sample": run_sample, "info": run_info}[args.command](args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.code)
+    return 0
+
+
+def run_delegated(command, argv):
+    if command == "train":
+        from minisd.train import main as command_main
+    elif command == "eval":
+        from minisd.evaluate import main as command_main
+    else:
+        from minisd.bench import main as command_main
+    return command_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Does minisd follow its prompts? ``python -m minisd eval --num-images 200``.
+
+Generates images for random prompts with minisd.generate, reads each back with minisd.checker (which knows
+nothing of how the model or the dataset draw) and prints the accuracy per attribute. Exits non-zero when any
+attribute is below 90 %, so CI and the lead can use it as a gate.
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from minisd import checker
+
+COLORS = list(checker.PALETTE)
+SHAPES = ["circle", "square", "triangle", "star", "heart"]
+PASS_MARK = 0.9
+
+
+def random_prompts(n, rng):
+    """n prompts "a {color} {shape} on a {background} background", shape colour != background colour."""
+    prompts = []
+    for _ in range(n):
+        color, background = rng.choice(COLORS, size=2, replace=False)
+        prompts.append(f"a {color} {rng.choice(SHAPES)} on a {background} background")
+    return prompts
+
+
+def asked_for(prompt):
+    """What a prompt asks for, in the checker's terms."""
+    words = prompt.split()
+    return {"color": words[1], "shape": words[2], "background": words[5]}
+
+
+def score(images, prompts):
+    """Fraction of images whose shape colour, background and shape match their prompt."""
+    hits = {"color": 0, "background": 0, "shape": 0}
+    for image, prompt in zip(images, prompts, strict=True):
+        seen, wanted = checker.check(image), asked_for(prompt)
+        for key in hits:
+            hits[key] += seen[key] == wanted[key]
+    return {key: count / len(prompts) for key, count in hits.items()}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m minisd eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-images", type=int, default=100)
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps per image")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: the fastest here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images generated per call")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import minisd
+
+    prompts = random_prompts(args.num_images, np.random.default_rng(args.seed))
+    options = {"num_inference_steps": args.steps, "backend": args.backend}
+    if args.guidance is not None:
+        options["guidance_scale"] = args.guidance
+    start, images = time.time(), []
+    for i in range(0, len(prompts), args.batch_size):
+        images.append(minisd.generate(prompts[i : i + args.batch_size], seed=args.seed + i, **options))
+    seconds = time.time() - start
+    accuracy = score(np.concatenate(images), prompts)
+
+    print(f"{len(prompts)} images, {args.steps} steps, backend {args.backend or 'default'}: {seconds:.1f} s")
+    for key, value in accuracy.items():
+        print(
+            f"  {key:<11}{value:6.1%}  {'ok' if value >= PASS_MARK else 'BELOW ' + format(PASS_MARK, '.0%')}"
+        )
+    if min(accuracy.values()) < PASS_MARK:
+        sys.exit(1)  # raise here, not return: the CLI may ignore main's return value
+    return 0
+
+
+if __name__ == "__main__":
+    main()

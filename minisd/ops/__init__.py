@@ -1,0 +1,599 @@
+"""minisd's ops: torch.nn.functional-like, NCHW float32, each on the backend of your choice.
+
+Every op takes ``backend=None`` ("numpy" | "numba" | "cupy"; None means ``minisd.mode.default_backend()``).
+
+Where results live: the result has the kind of the op's first array argument.
+
+* numpy in -> numpy out, on every backend (a device backend copies in, computes, copies back).
+* Device arrays stay on the device: Numba device array -> Numba device array, CuPy -> CuPy, torch CUDA
+  tensor -> torch CUDA tensor. Other array arguments of another kind are moved to the device first (so
+  upload weights once with ``to_device``; a numpy weight is copied on every call).
+* The numpy backend takes numpy arrays only: call ``to_numpy`` first.
+
+Rules checked before any work (a clear ``TypeError``/``ValueError`` naming the argument otherwise):
+
+* Arrays must be float32. float64 (and every other dtype) is REJECTED, not converted: a silent
+  conversion would hide a doubled memory footprint or a precision expectation the op does not meet.
+  Convert explicitly with ``x.astype(np.float32)``. (timestep_embedding's timesteps may be any number type.)
+* numpy inputs may be strided (they are made contiguous); device inputs must be C-contiguous.
+* Shapes must agree as each op documents (channels, groups dividing channels, head dims, ...).
+
+Numba specifics: ``set_stream(s)`` makes later Numba launches use ``s`` (a CuPy or torch stream, a Numba
+stream or a raw cudaStream_t), e.g. to capture them in a CUDA graph. Numba does not synchronize with the
+stream a CuPy/torch array was produced on: launch on that stream. The CuPy backend uses CuPy's current
+stream (``with stream:``).
+
+CuPy backend contract (minisd/ops/cupy_ops.py): the same function names with the public signatures minus
+``backend``, taking validated C-contiguous float32 CuPy arrays and returning CuPy arrays.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+import minisd.mode as mode
+from minisd.ops import numpy_ops
+
+__all__ = [
+    "add",
+    "attention",
+    "cfg_combine",
+    "concat_channels",
+    "conv2d",
+    "ddim_step",
+    "ddpm_step",
+    "from_tokens",
+    "gelu",
+    "geglu",
+    "get_stream",
+    "group_norm",
+    "layer_norm",
+    "linear",
+    "randn",
+    "scale_add",
+    "set_stream",
+    "silu",
+    "softmax",
+    "step_coefficients",
+    "timestep_embedding",
+    "to_device",
+    "to_numpy",
+    "to_tokens",
+    "upsample_nearest2x",
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# array kinds and moving data
+
+
+def _kind(x, name="x"):
+    """'numpy' | 'numba' | 'cupy' | 'torch' (CUDA tensors only); TypeError for anything else."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    root = type(x).__module__.split(".")[0]
+    if root == "cupy":
+        return "cupy"
+    if root == "torch":
+        if getattr(x, "is_cuda", False):
+            return "torch"
+        raise TypeError(f"{name} is a CPU torch tensor: pass a numpy array ({name}.numpy()) or a CUDA tensor")
+    if root == "numba" or hasattr(x, "__cuda_array_interface__"):
+        return "numba"
+    raise TypeError(f"{name} must be a numpy array or a CUDA device array, got {type(x).__name__}")
+
+
+def _numba_backend():
+    from minisd.ops import numba as nb  # imported lazily: numba.cuda is slow to import and not always needed
+
+    return nb
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def _as_numba(x):
+    """A Numba view of a device array (zero copy), or a copy of a numpy array on the device."""
+    from numba import cuda
+
+    from minisd.ops.numba.common import get_stream
+
+    kind = _kind(x)
+    if kind == "numpy":
+        return cuda.to_device(np.ascontiguousarray(x), stream=get_stream())
+    if kind == "numba":
+        return x
+    return cuda.as_cuda_array(x, sync=False)  # no host sync: the caller orders streams (see set_stream)
+
+
+def to_device(x, backend=None):
+    """``x`` on ``backend``'s device: a Numba device array ("numba"), a CuPy array ("cupy"); numpy stays."""
+    backend = _backend(backend)
+    if backend == "numpy":
+        return to_numpy(x)
+    if backend == "cupy":
+        return _cupy().asarray(x)
+    return _as_numba(x)
+
+
+def to_numpy(x):
+    """A numpy copy of any array minisd's ops accept (numpy arrays come back unchanged)."""
+    kind = _kind(x)
+    if kind == "numpy":
+        return x
+    if kind == "cupy":
+        return x.get()
+    if kind == "torch":
+        return x.detach().cpu().numpy()
+    return x.copy_to_host()
+
+
+def set_stream(stream):
+    """Launch later Numba kernels on ``stream`` (None = default); returns the previous one."""
+    return _numba_backend().set_stream(stream)
+
+
+def get_stream():
+    return _numba_backend().get_stream()
+
+
+# ---------------------------------------------------------------------------------------------------
+# one op call: backend, validation, conversion in and out
+
+
+def _backend(backend):
+    backend = mode.default_backend() if backend is None else backend
+    mode.check_backend(backend)
+    return backend
+
+
+def _dtype_name(x):
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _contiguous(x, kind):
+    if kind == "numpy":
+        return x.flags.c_contiguous
+    if kind == "cupy":
+        return x.flags.c_contiguous
+    if kind == "torch":
+        return x.is_contiguous()
+    return x.is_c_contiguous()
+
+
+class _Call:
+    """Checks and converts the arrays of one op call, allocates its output, converts the result back."""
+
+    def __init__(self, backend, first, name):
+        self.backend = _backend(backend)
+        self.first = first
+        self.kind = _kind(first, name)  # the result will be of this kind
+        if self.backend == "numpy" and self.kind != "numpy":
+            raise TypeError(
+                f"backend 'numpy' takes numpy arrays, but {name} is a {self.kind} device array: "
+                "use ops.to_numpy() first, or a GPU backend"
+            )
+
+    def arr(self, name, x, ndim=None, any_number=False):
+        """Validate one array argument and convert it for the backend (None passes through)."""
+        if x is None:
+            return None
+        kind = _kind(x, name)
+        if self.backend == "numpy" and kind != "numpy":
+            raise TypeError(f"backend 'numpy' takes numpy arrays, but {name} is a {kind} device array")
+        if any_number:
+            if not any(t in _dtype_name(x) for t in ("int", "float")):
+                raise TypeError(f"{name} must hold numbers, got dtype {_dtype_name(x)}")
+        elif _dtype_name(x) != "float32":
+            raise TypeError(
+                f"{name} must be float32, got {_dtype_name(x)} (minisd's ops compute in float32; "
+                f"convert explicitly, e.g. {name}.astype(np.float32))"
+            )
+        if ndim is not None and len(x.shape) not in np.atleast_1d(ndim):
+            want = " or ".join(f"{d}-D" for d in np.atleast_1d(ndim))
+            raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+        if kind == "numpy":
+            x = np.ascontiguousarray(x)
+        elif not _contiguous(x, kind):
+            raise ValueError(
+                f"{name} must be C-contiguous on the device (e.g. .contiguous() / ascontiguousarray)"
+            )
+        if self.backend == "numba":
+            return _as_numba(x)
+        if self.backend == "cupy":
+            return _cupy().asarray(x)
+        return x
+
+    def run(self, op, shape, *args, **kwargs):
+        """Run ``op`` on the backend; ``shape`` is the output shape (the numba backend writes into it)."""
+        if self.backend == "numpy":
+            return getattr(numpy_ops, op)(*args, **kwargs)
+        if self.backend == "cupy":
+            return self._from_cupy(_cupy_op(op)(*args, **kwargs))
+        out, result = self._alloc(tuple(int(s) for s in shape))
+        if math.prod(shape) > 0:
+            getattr(_numba_backend(), op)(*args, out=out, **kwargs)
+        if self.kind == "numpy":
+            host = out.copy_to_host(stream=get_stream())
+            if get_stream():
+                get_stream().synchronize()
+            return host
+        return result
+
+    def _alloc(self, shape):
+        """Output for the numba backend, allocated by the caller's library: (numba view, what to return)."""
+        from numba import cuda
+
+        from minisd.ops.numba.common import empty
+
+        if self.kind == "cupy":
+            o = _cupy().empty(shape, np.float32)
+            return cuda.as_cuda_array(o, sync=False), o
+        if self.kind == "torch":
+            import torch
+
+            o = torch.empty(shape, dtype=torch.float32, device=self.first.device)
+            return cuda.as_cuda_array(o, sync=False), o
+        o = empty(shape)
+        return o, o
+
+    def _from_cupy(self, out):
+        if self.kind == "cupy":
+            return out
+        if self.kind == "numpy":
+            return _cupy().asnumpy(out)
+        if self.kind == "torch":
+            import torch
+
+            return torch.as_tensor(out, device=self.first.device)
+        from numba import cuda
+
+        return cuda.as_cuda_array(out, sync=False)
+
+
+def _cupy_op(op):
+    from minisd.ops import cupy_ops
+
+    if not hasattr(cupy_ops, op):
+        raise NotImplementedError(f"the cupy backend has no {op}() yet")
+    return getattr(cupy_ops, op)
+
+
+def _int(name, v, lo):
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _same_shape(names, *arrays):
+    shapes = [tuple(a.shape) for a in arrays]
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError(
+            f"{' and '.join(names)} must have the same shape, got {' and '.join(map(str, shapes))}"
+        )
+
+
+def _vector(name, v, n, what):
+    if v is not None and tuple(v.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},) ({what}), got {tuple(v.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the ops
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, backend=None):
+    """2-D convolution (cross-correlation, like torch): x (N,C,H,W), weight (O,C,kh,kw), bias (O,)."""
+    call = _Call(backend, x, "x")
+    x, weight = call.arr("x", x, 4), call.arr("weight", weight, 4)
+    bias = call.arr("bias", bias, 1)
+    stride, padding = _int("stride", stride, 1), _int("padding", padding, 0)
+    n, c, h, w = x.shape
+    o, wc, kh, kw = weight.shape
+    if wc != c:
+        raise ValueError(f"weight expects {wc} input channels (shape {tuple(weight.shape)}), but x has {c}")
+    _vector("bias", bias, o, "one per output channel")
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input {h + 2 * padding}x{w + 2 * padding}"
+        )
+    return call.run("conv2d", (n, o, ho, wo), x, weight, bias, stride, padding)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, backend=None):
+    """GroupNorm over (N, C, *) with per-channel affine; ``silu=True`` fuses the SiLU after it."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x, (2, 3, 4))
+    weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
+    num_groups = _int("num_groups", num_groups, 1)
+    c = x.shape[1]
+    if c % num_groups:
+        raise ValueError(f"num_groups={num_groups} must divide the number of channels C={c}")
+    _vector("weight", weight, c, "one per channel")
+    _vector("bias", bias, c, "one per channel")
+    return call.run("group_norm", x.shape, x, num_groups, weight, bias, np.float32(eps), bool(silu))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, backend=None):
+    """LayerNorm over the last axis."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x)
+    weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
+    if len(x.shape) < 1:
+        raise ValueError("x must have at least one axis")
+    _vector("weight", weight, tuple(x.shape)[-1], "the size of x's last axis")
+    _vector("bias", bias, tuple(x.shape)[-1], "the size of x's last axis")
+    return call.run("layer_norm", x.shape, x, weight, bias, np.float32(eps))
+
+
+def linear(x, weight, bias=None, backend=None):
+    """x (..., in) @ weight (out, in)^T + bias (out,)."""
+    call = _Call(backend, x, "x")
+    x, weight = call.arr("x", x), call.arr("weight", weight, 2)
+    bias = call.arr("bias", bias, 1)
+    if len(x.shape) < 1 or tuple(x.shape)[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x's last axis must match weight's in_features: x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+        )
+    _vector("bias", bias, weight.shape[0], "out_features")
+    return call.run("linear", (*tuple(x.shape)[:-1], weight.shape[0]), x, weight, bias)
+
+
+def silu(x, backend=None):
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x)
+    return call.run("silu", x.shape, x)
+
+
+def gelu(x, backend=None):
+    """Exact (erf) GELU."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x)
+    return call.run("gelu", x.shape, x)
+
+
+def geglu(x, backend=None):
+    """a * gelu(b) where a, b = the two halves of the last axis (diffusers' GEGLU after its projection)."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x)
+    if len(x.shape) < 1 or tuple(x.shape)[-1] % 2:
+        raise ValueError(
+            f"geglu splits the last axis in two halves: it must be even, got shape {tuple(x.shape)}"
+        )
+    return call.run("geglu", (*tuple(x.shape)[:-1], tuple(x.shape)[-1] // 2), x)
+
+
+def softmax(x, backend=None):
+    """Softmax over the last axis, numerically stable."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x)
+    if len(x.shape) < 1 or tuple(x.shape)[-1] < 1:
+        raise ValueError(f"softmax needs a non-empty last axis, got shape {tuple(x.shape)}")
+    return call.run("softmax", x.shape, x)
+
+
+def attention(q, k, v, heads=None, scale=None, backend=None):
+    """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
+
+    Lk may differ from Lq (cross-attention). scale defaults to 1/sqrt(D).
+    """
+    call = _Call(backend, q, "q")
+    q, k, v = call.arr("q", q, (3, 4)), call.arr("k", k, (3, 4)), call.arr("v", v, (3, 4))
+    if not (len(q.shape) == len(k.shape) == len(v.shape)):
+        raise ValueError(
+            f"q, k, v must have the same ndim, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if tuple(k.shape) != tuple(v.shape):
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if len(q.shape) == 4:
+        if heads is not None and heads != q.shape[1]:
+            raise ValueError(f"heads={heads} but q has {q.shape[1]} heads (shape {tuple(q.shape)})")
+        if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1]:
+            raise ValueError(f"q and k must agree on (batch, heads): {tuple(q.shape)} vs {tuple(k.shape)}")
+        if q.shape[3] != k.shape[3]:
+            raise ValueError(f"q and k must have the same head dim: q {q.shape[3]}, k {k.shape[3]}")
+        d, heads = q.shape[3], None
+    else:
+        if heads is None:
+            raise ValueError("3-D (B, L, H*D) inputs need heads=H")
+        heads = _int("heads", heads, 1)
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"q and k must have the same batch size: {q.shape[0]} vs {k.shape[0]}")
+        if q.shape[2] != k.shape[2]:
+            raise ValueError(
+                f"q and k must have the same H*D (head dim mismatch): q {q.shape[2]}, k {k.shape[2]}"
+            )
+        if q.shape[2] % heads:
+            raise ValueError(f"heads={heads} must divide q's last axis {q.shape[2]}")
+        d = q.shape[2] // heads
+    scale = np.float32(1.0 / math.sqrt(d) if scale is None else scale)
+    return call.run("attention", q.shape, q, k, v, heads, scale)
+
+
+def upsample_nearest2x(x, backend=None):
+    """Nearest-neighbour x2 upsampling of (N,C,H,W)."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x, 4)
+    n, c, h, w = x.shape
+    return call.run("upsample_nearest2x", (n, c, 2 * h, 2 * w), x)
+
+
+def concat_channels(a, b, backend=None):
+    """torch.cat([a, b], dim=1) for (N,C,H,W) arrays."""
+    call = _Call(backend, a, "a")
+    a, b = call.arr("a", a, 4), call.arr("b", b, 4)
+    if tuple(a.shape[:1] + a.shape[2:]) != tuple(b.shape[:1] + b.shape[2:]):
+        raise ValueError(
+            f"a and b must agree on N, H, W to concatenate channels: {tuple(a.shape)} vs {tuple(b.shape)}"
+        )
+    n, ca, h, w = a.shape
+    return call.run("concat_channels", (n, ca + b.shape[1], h, w), a, b)
+
+
+def to_tokens(x, backend=None):
+    """(B, C, H, W) -> (B, H*W, C)."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x, 4)
+    b, c, h, w = x.shape
+    return call.run("to_tokens", (b, h * w, c), x)
+
+
+def from_tokens(x, h, w, backend=None):
+    """(B, H*W, C) -> (B, C, H, W)."""
+    call = _Call(backend, x, "x")
+    x = call.arr("x", x, 3)
+    h, w = _int("h", h, 1), _int("w", w, 1)
+    if x.shape[1] != h * w:
+        raise ValueError(f"x has {x.shape[1]} tokens, but h*w = {h}*{w} = {h * w}")
+    return call.run("from_tokens", (x.shape[0], x.shape[2], h, w), x, h, w)
+
+
+def add(a, b, backend=None):
+    """a + b, with b the same shape as a or (B, C) broadcast onto a (B, C, H, W)."""
+    call = _Call(backend, a, "a")
+    a, b = call.arr("a", a), call.arr("b", b)
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if sb != sa and not (len(sa) == 4 and sb == sa[:2]):
+        raise ValueError(f"b must have a's shape {sa} or (B, C) = {sa[:2]} to broadcast, got {sb}")
+    return call.run("add", sa, a, b)
+
+
+def scale_add(a, b, alpha=1.0, beta=1.0, backend=None):
+    """alpha * a + beta * b (same shapes)."""
+    call = _Call(backend, a, "a")
+    a, b = call.arr("a", a), call.arr("b", b)
+    _same_shape(("a", "b"), a, b)
+    return call.run("scale_add", a.shape, a, b, np.float32(alpha), np.float32(beta))
+
+
+def cfg_combine(eps_uncond, eps_cond, guidance_scale, backend=None):
+    """Classifier-free guidance: eps_uncond + g * (eps_cond - eps_uncond)."""
+    call = _Call(backend, eps_uncond, "eps_uncond")
+    u, c = call.arr("eps_uncond", eps_uncond), call.arr("eps_cond", eps_cond)
+    _same_shape(("eps_uncond", "eps_cond"), u, c)
+    return call.run("cfg_combine", u.shape, u, c, np.float32(guidance_scale))
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0, backend=None):
+    """Sinusoidal embedding (B,) -> (B, dim), as diffusers' get_timestep_embedding (odd dim: last column 0).
+
+    timesteps may be ints or floats (any dtype); a list or a scalar is taken as a numpy array.
+    """
+    if not hasattr(timesteps, "shape"):
+        timesteps = np.atleast_1d(np.asarray(timesteps))
+    call = _Call(backend, timesteps, "timesteps")
+    t = call.arr("timesteps", timesteps, 1, any_number=True)
+    dim = _int("dim", dim, 1)
+    half = dim // 2
+    if half - downscale_freq_shift == 0:
+        raise ValueError(f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero")
+    return call.run(
+        "timestep_embedding", (t.shape[0], dim), t, dim, bool(flip_sin_to_cos), downscale_freq_shift
+    )
+
+
+def step_coefficients(alpha_prod_t, alpha_prod_t_prev, kind, eta=0.0):
+    """The scalars of one scheduler step (float64, on the host), as diffusers computes them.
+
+    prev = c_x0 * clip(x0) + c_eps * eps + c_sample * sample + c_noise * noise,
+    x0 = (sample - sqrt_beta * eps) * inv_sqrt_alpha.
+    """
+    a, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
+    if not (0 < a <= 1 and 0 < ap <= 1):
+        raise ValueError(f"alpha_prod_t and alpha_prod_t_prev must be in (0, 1], got {a} and {ap}")
+    beta, beta_prev = 1.0 - a, 1.0 - ap
+    coef = {"sqrt_beta": math.sqrt(beta), "inv_sqrt_alpha": 1.0 / math.sqrt(a), "c_sample": 0.0}
+    if kind == "ddim":  # DDIM (Song et al.) eq. 12 with sigma_t(eta) of eq. 16
+        variance = (beta_prev / beta) * (1.0 - a / ap) if beta > 0 else 0.0
+        std = eta * math.sqrt(variance)
+        coef.update(c_x0=math.sqrt(ap), c_eps=math.sqrt(max(beta_prev - std**2, 0.0)), c_noise=std)
+    else:  # DDPM posterior mean, "fixed_small" variance
+        alpha_t = a / ap
+        coef.update(
+            c_x0=math.sqrt(ap) * (1.0 - alpha_t) / beta,
+            c_eps=0.0,
+            c_sample=math.sqrt(alpha_t) * beta_prev / beta,
+            c_noise=math.sqrt(max(beta_prev / beta * (1.0 - alpha_t), 1e-20)),
+        )
+    return coef
+
+
+def _step(sample, eps, noise, coef, clip_sample, clip_range, backend):
+    call = _Call(backend, sample, "sample")
+    s, e, z = call.arr("sample", sample), call.arr("eps", eps), call.arr("noise", noise)
+    _same_shape(("sample", "eps"), s, e)
+    if z is not None:
+        _same_shape(("sample", "noise"), s, z)
+    clip = float(clip_range) if clip_sample else None
+    if clip is not None and clip <= 0:
+        raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    return call, (s, e, z, coef, clip)
+
+
+def ddim_step(
+    sample,
+    eps,
+    alpha_prod_t,
+    alpha_prod_t_prev,
+    eta=0.0,
+    noise=None,
+    clip_sample=True,
+    clip_range=1.0,
+    backend=None,
+):
+    """One DDIM step (diffusers' DDIMScheduler.step, epsilon prediction) -> prev_sample.
+
+    eta > 0 adds ``eta * sigma_t * noise`` and needs ``noise`` (e.g. from randn).
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and noise is None:
+        raise ValueError("ddim_step with eta > 0 needs noise (e.g. ops.randn(sample.shape, seed))")
+    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddim", eta)
+    call, args = _step(sample, eps, noise if eta > 0 else None, coef, clip_sample, clip_range, backend)
+    if call.backend == "cupy":
+        s, e, z = args[:3]
+        return call.run(
+            "ddim_step", None, s, e, alpha_prod_t, alpha_prod_t_prev, eta, z, clip_sample, clip_range
+        )
+    return call.run("scheduler_step", args[0].shape, *args)
+
+
+def ddpm_step(
+    sample, eps, alpha_prod_t, alpha_prod_t_prev, noise=None, clip_sample=True, clip_range=1.0, backend=None
+):
+    """One DDPM step (diffusers' DDPMScheduler.step, epsilon, "fixed_small" variance) -> prev_sample.
+
+    Pass ``noise`` for every step but the last (t = 0), where diffusers adds none; alpha_prod_t_prev = 1
+    at t = 0.
+    """
+    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddpm")
+    call, args = _step(sample, eps, noise, coef, clip_sample, clip_range, backend)
+    if call.backend == "cupy":
+        s, e, z = args[:3]
+        return call.run("ddpm_step", None, s, e, alpha_prod_t, alpha_prod_t_prev, z, clip_sample, clip_range)
+    return call.run("scheduler_step", args[0].shape, *args)
+
+
+def randn(shape, seed, backend=None, like=None):
+    """Standard normal float32 numbers from minisd's counter-based generator (see minisd.ops.rng).
+
+    The same (shape, seed) gives the same numbers on every backend. The result is numpy on the numpy
+    backend, a device array of the backend otherwise, or of ``like``'s kind when given (e.g. a torch tensor).
+    """
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    for s in shape:
+        _int("every entry of shape", s, 0)
+    from minisd.ops import rng
+
+    rng.key_of(seed)  # validates the seed
+    backend = _backend(backend)
+    if like is None:
+        like = np.empty(0, np.float32) if backend == "numpy" else to_device(np.empty(0, np.float32), backend)
+    call = _Call(backend, like, "like")
+    return call.run("randn", shape, shape, seed)

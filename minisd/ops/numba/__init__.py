@@ -1,0 +1,117 @@
+"""The Numba backend: each op with the public signature plus ``out``, on Numba device arrays.
+
+One file per op family holds kernel versions v1 (naive) ... vN (fast) in ``VERSIONS[op]``; by convention
+the highest version is the fastest correct one and is what this backend runs (``python -m minisd.ops.dev``
+checks and times them all). The dispatcher in ``minisd.ops`` has validated shapes and dtypes, made the
+inputs Numba device arrays (C-contiguous float32) and allocated ``out``; these functions only reshape
+(free for contiguous arrays) and launch.
+"""
+
+import importlib
+
+from minisd.ops.numba.common import get_stream, set_stream  # noqa: F401  (re-exported)
+
+FILES = ("conv2d", "group_norm", "layer_norm", "softmax", "attention", "linear", "elementwise", "random")
+MODULES = [importlib.import_module(f"minisd.ops.numba.{name}") for name in FILES]
+VERSIONS = {op: versions for m in MODULES for op, versions in m.VERSIONS.items()}  # every kernel version
+
+
+def best(op):
+    versions = VERSIONS[op]
+    return versions[max(versions)]
+
+
+def _rows(a):
+    n = tuple(a.shape)[-1]
+    return a.reshape(a.size // n, n)
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, out):
+    best("conv2d")(x, weight, bias, out, stride, padding)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, *, out):
+    n, c = x.shape[:2]
+    shape = (n, c, x.size // (n * c))
+    best("group_norm")(x.reshape(*shape), num_groups, weight, bias, eps, silu, out.reshape(*shape))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out):
+    best("layer_norm")(_rows(x), weight, bias, eps, _rows(out))
+
+
+def linear(x, weight, bias=None, *, out):
+    best("linear")(_rows(x), weight, bias, _rows(out))
+
+
+def silu(x, *, out):
+    best("silu")(_flat(x), _flat(out))
+
+
+def gelu(x, *, out):
+    best("gelu")(_flat(x), _flat(out))
+
+
+def geglu(x, *, out):
+    best("geglu")(_rows(x), _rows(out))
+
+
+def softmax(x, *, out):
+    best("softmax")(_rows(x), _rows(out))
+
+
+def attention(q, k, v, heads=None, scale=None, *, out):
+    if q.ndim == 4:  # (B, H, L, D) is (B*H, L, D) with one head per "batch"
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
+        q, k, v = q.reshape(b * h, lq, d), k.reshape(b * h, lk, d), v.reshape(b * h, lk, d)
+        out, heads = out.reshape(b * h, lq, d), 1
+    best("attention")(q, k, v, heads, scale, out)
+
+
+def upsample_nearest2x(x, *, out):
+    best("upsample_nearest2x")(x, out)
+
+
+def concat_channels(a, b, *, out):
+    best("concat_channels")(a, b, out)
+
+
+def to_tokens(x, *, out):
+    b, c, h, w = x.shape
+    best("transpose")(x.reshape(b, c, h * w), out)
+
+
+def from_tokens(x, h, w, *, out):
+    b, _, c = x.shape
+    best("transpose")(x, out.reshape(b, c, h * w))
+
+
+def add(a, b, *, out):
+    inner = a.size // b.size  # 1 for same shape; H*W for (B, C) onto (B, C, H, W)
+    best("add")(_flat(a), _flat(b), inner, _flat(out))
+
+
+def scale_add(a, b, alpha=1.0, beta=1.0, *, out):
+    best("scale_add")(_flat(a), _flat(b), alpha, beta, _flat(out))
+
+
+def cfg_combine(eps_uncond, eps_cond, guidance_scale, *, out):
+    best("cfg_combine")(_flat(eps_uncond), _flat(eps_cond), guidance_scale, _flat(out))
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0, *, out):
+    best("timestep_embedding")(timesteps, dim // 2, downscale_freq_shift, flip_sin_to_cos, out)
+
+
+def scheduler_step(sample, eps, noise, coef, clip, *, out):
+    noise = None if noise is None else _flat(noise)
+    best("scheduler_step")(_flat(sample), _flat(eps), noise, coef, clip, _flat(out))
+
+
+def randn(shape, seed, *, out):
+    best("randn")(seed, _flat(out))

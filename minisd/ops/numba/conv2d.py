@@ -1,0 +1,166 @@
+"""conv2d, NCHW, cross-correlation like torch: out[n,o,y,x] = b[o] + sum_{c,ky,kx} w[o,c,ky,kx] * x[n,c,y*s-p+ky, x*s-p+kx].
+
+v1  one thread per output element; every product reads x and w from global memory.
+v2  a block computes a TILE x TILE patch of one output channel; for each input channel it first stages the
+    input patch it needs (plus the kh-1 / kw-1 halo) and the 3x3 filter in shared memory, so each input
+    value is read from global memory once per block instead of kh*kw times.
+v3  v2 plus register blocking: each thread computes OB output channels of its pixel, so every input value
+    loaded from shared memory feeds OB multiply-adds from registers (and the x tile is loaded once per
+    OB channels, not once per channel).
+v2/v3 need the staged patch to fit the static shared arrays (stride <= 2 and kernels up to 5x5 with
+these sizes); other shapes fall back to v1.
+"""
+
+from numba import cuda, float32
+
+from minisd.ops.numba.common import cdiv, get_stream, launch1d
+
+TILE = 8  # output patch per block (TILE x TILE threads); 8 suits the 8-32 px images of minisd
+SH = 24  # staged input patch side: (TILE - 1) * stride + k <= SH
+WMAX = 25  # filter taps kh*kw <= WMAX
+OB = 4  # output channels per thread in v3
+
+
+@cuda.jit
+def _conv2d_v1(x, w, b, out, stride, padding):
+    i = cuda.grid(1)
+    n_, o_, ho, wo = out.shape
+    if i >= n_ * o_ * ho * wo:
+        return
+    ox = i % wo
+    oy = (i // wo) % ho
+    o = (i // (wo * ho)) % o_
+    n = i // (wo * ho * o_)
+    c_, h, w_ = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    acc = float32(0.0)
+    for c in range(c_):
+        for ky in range(kh):
+            iy = oy * stride - padding + ky
+            if 0 <= iy < h:
+                for kx in range(kw):
+                    ix = ox * stride - padding + kx
+                    if 0 <= ix < w_:
+                        acc += x[n, c, iy, ix] * w[o, c, ky, kx]
+    if b is not None:
+        acc += b[o]
+    out[n, o, oy, ox] = acc
+
+
+def conv2d_v1(x, w, b, out, stride, padding):
+    launch1d(_conv2d_v1, out.size, x, w, b, out, stride, padding)
+
+
+@cuda.jit
+def _conv2d_v2(x, w, b, out, stride, padding):
+    patch = cuda.shared.array((SH, SH), float32)
+    taps = cuda.shared.array(WMAX, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * TILE + tx
+    o_, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    c_, h, w_ = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    n = cuda.blockIdx.z // o_
+    o = cuda.blockIdx.z % o_
+    ox = cuda.blockIdx.x * TILE + tx
+    oy = cuda.blockIdx.y * TILE + ty
+    iy0 = cuda.blockIdx.y * TILE * stride - padding  # top-left of the input patch this block needs
+    ix0 = cuda.blockIdx.x * TILE * stride - padding
+    ph = (TILE - 1) * stride + kh
+    pw = (TILE - 1) * stride + kw
+    acc = float32(0.0)
+    for c in range(c_):
+        for j in range(tid, ph * pw, TILE * TILE):  # all threads stage the patch; zeros = padding
+            iy = iy0 + j // pw
+            ix = ix0 + j % pw
+            v = float32(0.0)
+            if 0 <= iy < h and 0 <= ix < w_:
+                v = x[n, c, iy, ix]
+            patch[j // pw, j % pw] = v
+        for j in range(tid, kh * kw, TILE * TILE):
+            taps[j] = w[o, c, j // kw, j % kw]
+        cuda.syncthreads()
+        for ky in range(kh):
+            for kx in range(kw):
+                acc += patch[ty * stride + ky, tx * stride + kx] * taps[ky * kw + kx]
+        cuda.syncthreads()  # before the next channel overwrites the patch
+    if ox < wo and oy < ho:
+        if b is not None:
+            acc += b[o]
+        out[n, o, oy, ox] = acc
+
+
+def _fits(w, stride):
+    kh, kw = w.shape[2], w.shape[3]
+    return (TILE - 1) * stride + max(kh, kw) <= SH and kh * kw <= WMAX
+
+
+def conv2d_v2(x, w, b, out, stride, padding):
+    if not _fits(w, stride):
+        return conv2d_v1(x, w, b, out, stride, padding)
+    n, o, ho, wo = out.shape
+    grid = (cdiv(wo, TILE), cdiv(ho, TILE), n * o)
+    _conv2d_v2[grid, (TILE, TILE), get_stream()](x, w, b, out, stride, padding)
+
+
+@cuda.jit
+def _conv2d_v3(x, w, b, out, stride, padding):
+    patch = cuda.shared.array((SH, SH), float32)
+    taps = cuda.shared.array((OB, WMAX), float32)
+    acc = cuda.local.array(OB, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * TILE + tx
+    o_, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    c_, h, w_ = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    groups = (o_ + OB - 1) // OB
+    n = cuda.blockIdx.z // groups
+    o0 = (cuda.blockIdx.z % groups) * OB
+    ox = cuda.blockIdx.x * TILE + tx
+    oy = cuda.blockIdx.y * TILE + ty
+    iy0 = cuda.blockIdx.y * TILE * stride - padding
+    ix0 = cuda.blockIdx.x * TILE * stride - padding
+    ph = (TILE - 1) * stride + kh
+    pw = (TILE - 1) * stride + kw
+    for k in range(OB):
+        acc[k] = 0.0
+    for c in range(c_):
+        for j in range(tid, ph * pw, TILE * TILE):
+            iy = iy0 + j // pw
+            ix = ix0 + j % pw
+            v = float32(0.0)
+            if 0 <= iy < h and 0 <= ix < w_:
+                v = x[n, c, iy, ix]
+            patch[j // pw, j % pw] = v
+        for j in range(tid, OB * kh * kw, TILE * TILE):
+            k = j // (kh * kw)
+            t = j % (kh * kw)
+            v = float32(0.0)
+            if o0 + k < o_:  # the last group may have fewer than OB channels
+                v = w[o0 + k, c, t // kw, t % kw]
+            taps[k, t] = v
+        cuda.syncthreads()
+        for ky in range(kh):
+            for kx in range(kw):
+                v = patch[ty * stride + ky, tx * stride + kx]
+                for k in range(OB):
+                    acc[k] += v * taps[k, ky * kw + kx]
+        cuda.syncthreads()
+    if ox < wo and oy < ho:
+        for k in range(OB):
+            if o0 + k < o_:
+                r = acc[k]
+                if b is not None:
+                    r += b[o0 + k]
+                out[n, o0 + k, oy, ox] = r
+
+
+def conv2d_v3(x, w, b, out, stride, padding):
+    if not _fits(w, stride):
+        return conv2d_v1(x, w, b, out, stride, padding)
+    n, o, ho, wo = out.shape
+    grid = (cdiv(wo, TILE), cdiv(ho, TILE), n * cdiv(o, OB))
+    _conv2d_v3[grid, (TILE, TILE), get_stream()](x, w, b, out, stride, padding)
+
+
+VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3}}

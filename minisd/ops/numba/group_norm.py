@@ -1,0 +1,169 @@
+"""group_norm (optionally followed by SiLU) on x viewed as (N, C, L), L = H*W.
+
+Group g of image n is channels [g*C/G, (g+1)*C/G) x all pixels: one contiguous run of C/G*L floats.
+
+v1  naive, two launches: one thread per group computes mean and variance (two passes over the group),
+    then one thread per element normalizes. Few threads do all the reading: slow, but obviously right.
+v2  one block per group, one launch: the block's threads stride over the group and tree-reduce partial
+    sums in shared memory, twice (mean, then variance about the mean), then normalize: x is read 3 times.
+v3  one block per group with Welford: each thread keeps (count, mean, M2) in one pass, the block merges
+    them pairwise in shared memory (Chan's formula), then normalizes with SiLU fused: x is read twice.
+"""
+
+import math
+
+from numba import cuda, float32
+
+from minisd.ops.numba.common import empty, get_stream, launch1d
+
+TPB = 128  # threads per group (a power of two for the tree reduction)
+
+
+@cuda.jit(device=True)
+def _finish(v, mean, rstd, c, weight, bias, silu):
+    """Normalized value -> affine -> optional SiLU (shared by all versions)."""
+    y = (v - mean) * rstd
+    if weight is not None:
+        y = y * weight[c]
+    if bias is not None:
+        y = y + bias[c]
+    if silu:
+        y = y / (float32(1.0) + math.exp(-y))
+    return y
+
+
+@cuda.jit
+def _stats_v1(x, groups, eps, stats):
+    i = cuda.grid(1)
+    n_, c_, l_ = x.shape
+    if i >= n_ * groups:
+        return
+    n = i // groups
+    cpg = c_ // groups
+    c0 = (i % groups) * cpg
+    s = float32(0.0)
+    for c in range(c0, c0 + cpg):
+        for p in range(l_):
+            s += x[n, c, p]
+    mean = s / float32(cpg * l_)
+    s = float32(0.0)
+    for c in range(c0, c0 + cpg):
+        for p in range(l_):
+            d = x[n, c, p] - mean
+            s += d * d
+    stats[i, 0] = mean
+    stats[i, 1] = float32(1.0) / math.sqrt(s / float32(cpg * l_) + eps)
+
+
+@cuda.jit
+def _apply_v1(x, groups, stats, weight, bias, silu, out):
+    i = cuda.grid(1)
+    n_, c_, l_ = x.shape
+    if i >= n_ * c_ * l_:
+        return
+    p = i % l_
+    c = (i // l_) % c_
+    n = i // (l_ * c_)
+    g = n * groups + c // (c_ // groups)
+    out[n, c, p] = _finish(x[n, c, p], stats[g, 0], stats[g, 1], c, weight, bias, silu)
+
+
+def group_norm_v1(x, groups, weight, bias, eps, silu, out):
+    stats = empty((x.shape[0] * groups, 2))
+    launch1d(_stats_v1, x.shape[0] * groups, x, groups, eps, stats)
+    launch1d(_apply_v1, x.size, x, groups, stats, weight, bias, silu, out)
+
+
+@cuda.jit(device=True)
+def _block_sum(buf, t, v):
+    """Sum ``v`` over the block through shared ``buf``; every thread gets the total."""
+    buf[t] = v
+    cuda.syncthreads()
+    step = TPB // 2
+    while step > 0:
+        if t < step:
+            buf[t] += buf[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = buf[0]
+    cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
+    return total
+
+
+@cuda.jit
+def _group_norm_v2(x, groups, weight, bias, eps, silu, out):
+    buf = cuda.shared.array(TPB, float32)
+    t = cuda.threadIdx.x
+    c_, l_ = x.shape[1], x.shape[2]
+    n = cuda.blockIdx.x // groups
+    cpg = c_ // groups
+    c0 = (cuda.blockIdx.x % groups) * cpg
+    m = cpg * l_
+    s = float32(0.0)
+    for j in range(t, m, TPB):
+        s += x[n, c0 + j // l_, j % l_]
+    mean = _block_sum(buf, t, s) / float32(m)
+    s = float32(0.0)
+    for j in range(t, m, TPB):
+        d = x[n, c0 + j // l_, j % l_] - mean
+        s += d * d
+    rstd = float32(1.0) / math.sqrt(_block_sum(buf, t, s) / float32(m) + eps)
+    for j in range(t, m, TPB):
+        c = c0 + j // l_
+        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, weight, bias, silu)
+
+
+def group_norm_v2(x, groups, weight, bias, eps, silu, out):
+    _group_norm_v2[x.shape[0] * groups, TPB, get_stream()](x, groups, weight, bias, eps, silu, out)
+
+
+@cuda.jit
+def _group_norm_v3(x, groups, weight, bias, eps, silu, out):
+    cnt = cuda.shared.array(TPB, float32)
+    avg = cuda.shared.array(TPB, float32)
+    m2 = cuda.shared.array(TPB, float32)
+    t = cuda.threadIdx.x
+    c_, l_ = x.shape[1], x.shape[2]
+    n = cuda.blockIdx.x // groups
+    cpg = c_ // groups
+    c0 = (cuda.blockIdx.x % groups) * cpg
+    m = cpg * l_
+    # Welford over this thread's elements: stable in one pass, unlike sum/sum-of-squares.
+    k = float32(0.0)
+    mu = float32(0.0)
+    q = float32(0.0)
+    for j in range(t, m, TPB):
+        v = x[n, c0 + j // l_, j % l_]
+        k += float32(1.0)
+        d = v - mu
+        mu += d / k
+        q += d * (v - mu)
+    cnt[t] = k
+    avg[t] = mu
+    m2[t] = q
+    cuda.syncthreads()
+    step = TPB // 2
+    while step > 0:  # merge (count, mean, M2) pairs: Chan et al.
+        if t < step:
+            kb = cnt[t + step]
+            if kb > 0:
+                ka = cnt[t]
+                kk = ka + kb
+                d = avg[t + step] - avg[t]
+                avg[t] += d * kb / kk
+                m2[t] += m2[t + step] + d * d * ka * kb / kk
+                cnt[t] = kk
+        cuda.syncthreads()
+        step //= 2
+    mean = avg[0]
+    rstd = float32(1.0) / math.sqrt(m2[0] / float32(m) + eps)
+    for j in range(t, m, TPB):
+        c = c0 + j // l_
+        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, weight, bias, silu)
+
+
+def group_norm_v3(x, groups, weight, bias, eps, silu, out):
+    _group_norm_v3[x.shape[0] * groups, TPB, get_stream()](x, groups, weight, bias, eps, silu, out)
+
+
+VERSIONS = {"group_norm": {1: group_norm_v1, 2: group_norm_v2, 3: group_norm_v3}}

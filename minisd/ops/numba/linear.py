@@ -1,0 +1,128 @@
+"""linear: out (M, N) = x (M, K) @ w (N, K)^T + b, torch's weight layout.
+
+v1  one thread per output: a K-long dot product straight from global memory (x row and w row).
+v2  classic shared-memory tiling: a 16x16 block stages a 16x16 tile of x and of w per step of K, so each
+    global element is read once per tile instead of once per output; +1 column of padding keeps the
+    transposed reads free of bank conflicts.
+v3  register blocking: a 16x16 block computes a 64x64 tile, 4x4 outputs per thread, from BK-wide slices
+    of x and w in shared memory: each shared value read feeds 4 multiply-adds (4x the math per load).
+"""
+
+from numba import cuda, float32
+
+from minisd.ops.numba.common import cdiv, get_stream
+
+T2 = 16  # v2 tile
+BM = 64  # v3 block tile (BM x BM outputs)
+BK = 16  # v3 K slice
+RT = 4  # v3 outputs per thread along each axis (BM = 16 * RT)
+T2P, BMP = T2 + 1, BM + 1  # padded shared rows (shared array shapes must be plain constants)
+
+
+@cuda.jit
+def _linear_v1(x, w, b, out):
+    n, m = cuda.grid(2)
+    if m >= out.shape[0] or n >= out.shape[1]:
+        return
+    acc = float32(0.0)
+    for k in range(x.shape[1]):
+        acc += x[m, k] * w[n, k]
+    if b is not None:
+        acc += b[n]
+    out[m, n] = acc
+
+
+def linear_v1(x, w, b, out):
+    m, n = out.shape
+    _linear_v1[(cdiv(n, 16), cdiv(m, 16)), (16, 16), get_stream()](x, w, b, out)
+
+
+@cuda.jit
+def _linear_v2(x, w, b, out):
+    xs = cuda.shared.array((T2, T2P), float32)
+    ws = cuda.shared.array((T2, T2P), float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    m = cuda.blockIdx.y * T2 + ty
+    n = cuda.blockIdx.x * T2 + tx
+    m_, k_ = x.shape
+    n_ = w.shape[0]
+    acc = float32(0.0)
+    for k0 in range(0, k_, T2):
+        xv = float32(0.0)
+        if m < m_ and k0 + tx < k_:
+            xv = x[m, k0 + tx]  # consecutive tx read consecutive k: coalesced
+        xs[ty, tx] = xv
+        wv = float32(0.0)
+        nn = cuda.blockIdx.x * T2 + ty
+        if nn < n_ and k0 + tx < k_:
+            wv = w[nn, k0 + tx]  # also coalesced; stored transposed as ws[k, n]
+        ws[tx, ty] = wv
+        cuda.syncthreads()
+        for kk in range(T2):
+            acc += xs[ty, kk] * ws[kk, tx]
+        cuda.syncthreads()
+    if m < m_ and n < n_:
+        if b is not None:
+            acc += b[n]
+        out[m, n] = acc
+
+
+def linear_v2(x, w, b, out):
+    m, n = out.shape
+    _linear_v2[(cdiv(n, T2), cdiv(m, T2)), (T2, T2), get_stream()](x, w, b, out)
+
+
+@cuda.jit
+def _linear_v3(x, w, b, out):
+    xs = cuda.shared.array((BK, BMP), float32)
+    ws = cuda.shared.array((BK, BMP), float32)
+    acc = cuda.local.array((RT, RT), float32)
+    xr = cuda.local.array(RT, float32)
+    wr = cuda.local.array(RT, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BM
+    m_, k_ = x.shape
+    n_ = w.shape[0]
+    for i in range(RT):
+        for j in range(RT):
+            acc[i, j] = 0.0
+    for k0 in range(0, k_, BK):
+        for e in range(tid, BM * BK, 256):  # stage x[m0:m0+BM, k0:k0+BK] and w likewise, k-major
+            r = e // BK
+            kk = e % BK
+            xv = float32(0.0)
+            if m0 + r < m_ and k0 + kk < k_:
+                xv = x[m0 + r, k0 + kk]
+            xs[kk, r] = xv
+            wv = float32(0.0)
+            if n0 + r < n_ and k0 + kk < k_:
+                wv = w[n0 + r, k0 + kk]
+            ws[kk, r] = wv
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(RT):  # thread (tx, ty) owns rows ty + 16i and columns tx + 16j
+                xr[i] = xs[kk, ty + 16 * i]
+                wr[i] = ws[kk, tx + 16 * i]
+            for i in range(RT):
+                for j in range(RT):
+                    acc[i, j] += xr[i] * wr[j]
+        cuda.syncthreads()
+    for i in range(RT):
+        m = m0 + ty + 16 * i
+        for j in range(RT):
+            n = n0 + tx + 16 * j
+            if m < m_ and n < n_:
+                r = acc[i, j]
+                if b is not None:
+                    r += b[n]
+                out[m, n] = r
+
+
+def linear_v3(x, w, b, out):
+    m, n = out.shape
+    _linear_v3[(cdiv(n, BM), cdiv(m, BM)), (16, 16), get_stream()](x, w, b, out)
+
+
+VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3}}

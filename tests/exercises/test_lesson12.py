@@ -1,0 +1,156 @@
+"""Graded tests of lesson 12: occupancy calculator, launch-overhead model, int8 quantisation, 2:4 pruning."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course.grading import assert_close, load, poison
+
+ex = load("lesson12")
+rng = np.random.default_rng()
+
+
+def _fits(blocks, threads, regs, smem, g):
+    """Brute force: do `blocks` blocks fit on one SM at once? (the oracle for occupancy)"""
+    warps = math.ceil(threads / 32) * blocks
+    regs_per_warp = math.ceil(regs * 32 / g.register_alloc_unit) * g.register_alloc_unit
+    smem_per_block = (
+        math.ceil((smem + g.shared_reserved_per_block) / g.shared_alloc_unit) * g.shared_alloc_unit
+    )
+    return (
+        blocks <= g.max_blocks_per_sm
+        and warps * 32 <= g.max_threads_per_sm
+        and warps * regs_per_warp <= g.registers_per_sm
+        and blocks * smem_per_block <= g.shared_per_sm
+    )
+
+
+@pytest.mark.exercise(
+    "12.1",
+    hint="blocks = min of four limits (blocks, warps, registers, shared memory); "
+    "round registers per WARP up to 256 and shared memory (+1 KiB reserved) up to 128 bytes.",
+)
+def test_occupancy_against_brute_force():
+    g = ex.H100
+    cases = [(256, 32, 0), (256, 64, 0), (128, 32, 48 * 1024), (1024, 64, 0), (32, 16, 0), (96, 40, 3000)]
+    cases += [
+        (int(rng.integers(1, 1025)), int(rng.integers(1, 256)), int(rng.integers(0, 100_000)))
+        for _ in range(40)
+    ]
+    for threads, regs, smem in cases:
+        got = ex.occupancy(threads, regs, smem)
+        blocks = max(b for b in range(0, 65) if b == 0 or _fits(b, threads, regs, smem, g))
+        what = f"occupancy({threads} threads, {regs} registers, {smem} B shared)"
+        assert got["blocks_per_sm"] == blocks, (
+            f"{what}: {got['blocks_per_sm']} blocks per SM, expected {blocks}"
+        )
+        warps = blocks * math.ceil(threads / 32)
+        assert got["warps_per_sm"] == warps, f"{what}: {got['warps_per_sm']} warps, expected {warps}"
+        assert math.isclose(got["occupancy"], warps / 64), (
+            f"{what}: occupancy {got['occupancy']}, expected {warps / 64}"
+        )
+        assert not _fits(blocks + 1, threads, regs, smem, g)
+    assert ex.occupancy(256, 64)["limiter"] == "registers"
+    assert ex.occupancy(256, 32)["limiter"] == "warps"
+    assert ex.occupancy(128, 32, 48 * 1024)["limiter"] == "shared memory"
+    assert ex.occupancy(32, 16)["limiter"] == "blocks"
+
+
+@pytest.mark.exercise(
+    "12.1", hint="Check the three ranges first and raise ValueError naming the bad argument."
+)
+def test_occupancy_rejects_impossible_blocks():
+    for args, word in [
+        ((0, 32), "threads"),
+        ((2048, 32), "threads"),
+        ((128, 300), "registers"),
+        ((128, 32, 300_000), "shared"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            ex.occupancy(*args)
+
+
+@pytest.mark.exercise(
+    "12.2",
+    hint="After the first launch each one adds max(per_launch_us, work_us): "
+    "whichever of CPU and GPU is slower sets the pace.",
+)
+def test_batched_time_against_simulation():
+    cases = [
+        (1, 30.0, 5.0),
+        (1000, 30.0, 5.0),
+        (1000, 6.0, 5.0),
+        (50, 4.0, 100.0),
+        (7, 5.0, 5.0),
+        (0, 3.0, 2.0),
+    ]
+    cases += [
+        (int(rng.integers(0, 500)), float(rng.uniform(0, 40)), float(rng.uniform(0, 40))) for _ in range(20)
+    ]
+    for n, launch, work in cases:
+        end = 0.0
+        for k in range(
+            n
+        ):  # event simulation: launch k is ready at (k+1)·launch, waits for the previous kernel
+            end = max((k + 1) * launch, end) + work
+        got = ex.batched_time(n, launch, work)
+        assert math.isclose(got, end, rel_tol=1e-9, abs_tol=1e-9), (
+            f"batched_time({n}, {launch}, {work}) = {got}, expected {end}"
+        )
+    with pytest.raises(ValueError):
+        ex.batched_time(-1, 1.0, 1.0)
+
+
+@pytest.mark.exercise(
+    "12.3",
+    hint="q = round(w / scale[o]) clamped to ±127; dequantise with q · scale[o]; "
+    "a 2-D grid guarded on both axes.",
+)
+def test_quantize_int8_kernel():
+    O, I = 13, 37  # 2-D ragged: blocks of (8, 32) overhang on both axes
+    w = (rng.standard_normal((O, I)) * rng.uniform(0.01, 3, (O, 1))).astype(np.float32)
+    w[4] = 0.0  # an all-zero channel
+    scale = ex.channel_scales(w)
+    ref_scale = torch.from_numpy(w).double().abs().amax(dim=1) / 127
+    ref_scale[4] = 1.0
+    assert_close(scale, ref_scale.numpy(), rtol=1e-6, atol=0, what="channel_scales")
+    q = np.full((O, I), -128, np.int8)
+    ex.quantize_int8_kernel[(2, 2), (8, 32)](w, scale, q)
+    assert q.dtype == np.int8
+    assert (q != -128).all(), f"{int((q == -128).sum())} elements never written (still −128)"
+    ratio = w.astype(np.float64) / scale[:, None].astype(np.float64)
+    ref = np.clip(np.rint(ratio), -127, 127)
+    near_tie = np.abs(np.abs(ratio - np.trunc(ratio)) - 0.5) < 1e-4  # float32 division may land either side
+    bad = (q != ref) & ~near_tie
+    assert not bad.any(), (
+        f"q differs from round(w/scale) at {np.argwhere(bad)[0].tolist()}: {q[bad][0]} vs {ref[bad][0]}"
+    )
+    out = poison((O, I))
+    ex.dequantize_int8_kernel[(2, 2), (8, 32)](q, scale, out)
+    assert_close(out, q.astype(np.float64) * scale[:, None], rtol=1e-6, atol=0, what="dequantize_int8_kernel")
+    err = np.abs(out - w)
+    assert (err <= scale[:, None] / 2 * (1 + 1e-5)).all(), "round-trip error must stay within half a step"
+
+
+@pytest.mark.exercise(
+    "12.4",
+    hint="For each of the 4 elements count how many of its group beat it (|w| larger, "
+    "or equal at a lower index); keep it if fewer than 2 do.",
+)
+def test_prune_2_4():
+    rows, cols = 11, 36  # 9 groups a row: the (8, 32) blocks overhang
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[3, 4:8] = [0.5, -0.5, 0.5, 0.1]  # a tie: the two lower indices win
+    out = poison((rows, cols))
+    ex.prune_2_4_kernel[(2, 1), (8, 32)](w, out)
+    groups = torch.from_numpy(w).reshape(rows, cols // 4, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    order = torch.sort(groups.abs(), dim=-1, descending=True, stable=True).indices[..., :2]
+    keep.scatter_(-1, order, True)
+    ref = torch.where(keep, groups, torch.zeros_like(groups)).reshape(rows, cols).numpy()
+    assert_close(out, ref, rtol=0, atol=0, what="prune_2_4_kernel")
+    assert ((out.reshape(rows, -1, 4) != 0).sum(-1) == 2).all(), "every group of 4 must keep exactly 2"
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ex.prune_2_4(np.ones((3, 10), np.float32))

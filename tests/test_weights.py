@@ -1,0 +1,154 @@
+"""minisd.weights: a round trip keeps every tensor, and every kind of bad file gets a clear WeightsError."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from minisd import weights
+from minisd.model import MiniSD
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MiniSD()
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    return weights.save(model.state_dict(), model.config, tmp_path / "minisd.safetensors", dtype="float32")
+
+
+def _rewrite(path, tensors=None, metadata=None):
+    """Write a changed file in place and give it a VALID checksum, so only the change itself is at fault."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        old_metadata = f.metadata()
+    save_file(tensors if tensors is not None else load_file(str(path)), str(path), metadata or old_metadata)
+    weights.checksum_path(path).write_text(f"{weights.sha256_of(path)}  {path.name}\n")
+
+
+def test_round_trip_float32(model, saved):
+    state, config = weights.load(saved)
+    expected = model.state_dict()
+    assert set(state) == set(expected)
+    for key, value in state.items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
+    assert config["unet"] == model.config["unet"] and config["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
+    assert config["vocab"][0] == "<pad>"
+
+
+def test_float16_file_is_half_the_size_and_close(model, tmp_path):
+    path = weights.save(model.state_dict(), model.config, tmp_path / "half.safetensors")
+    state, _ = weights.load(path)
+    w = model.state_dict()["unet.conv_in.weight"].numpy()
+    np.testing.assert_allclose(state["unet.conv_in.weight"], w, rtol=1e-3, atol=1e-4)
+    assert path.stat().st_size < 0.55 * 4 * sum(v.numel() for v in model.state_dict().values())
+
+
+def test_checksum_file_reads_like_sha256sum(saved):
+    digest, name = weights.checksum_path(saved).read_text().split()
+    assert name == saved.name and digest == weights.sha256_of(saved) and len(digest) == 64
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(weights.WeightsError, match="no minisd weights at .*python -m minisd train"):
+        weights.load(tmp_path / "nothing.safetensors")
+
+
+def test_missing_checksum(saved):
+    weights.checksum_path(saved).unlink()
+    with pytest.raises(weights.WeightsError, match="sha256 is missing"):
+        weights.load(saved)
+
+
+def test_corrupted_byte_fails_the_checksum(saved):
+    raw = bytearray(saved.read_bytes())
+    raw[-100] ^= 0xFF
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(weights.WeightsError, match="corrupt or was changed"):
+        weights.load(saved)
+
+
+def test_not_a_safetensors_file(saved):
+    saved.write_bytes(b"this is not a tensor file at all")
+    weights.checksum_path(saved).write_text(f"{weights.sha256_of(saved)}  {saved.name}\n")
+    with pytest.raises(weights.WeightsError, match="not a readable safetensors file"):
+        weights.load(saved)
+
+
+def test_wrong_format_tag(saved):
+    _rewrite(saved, metadata={"format": "pt", "config": "{}", "vocab": "[]"})
+    with pytest.raises(weights.WeightsError, match="format 'pt'"):
+        weights.load(saved)
+
+
+def test_bad_config_json(saved):
+    _rewrite(saved, metadata={"format": weights.FORMAT, "config": "{not json", "vocab": "[]"})
+    with pytest.raises(weights.WeightsError, match="no valid 'config'/'vocab' JSON"):
+        weights.load(saved)
+
+
+def test_other_vocabulary(saved, model):
+    meta = {"format": weights.FORMAT, "config": json.dumps(model.config), "vocab": json.dumps(["<pad>", "x"])}
+    _rewrite(saved, metadata=meta)
+    with pytest.raises(weights.WeightsError, match="another vocabulary"):
+        weights.load(saved)
+
+
+def test_missing_key(saved):
+    tensors = load_file(str(saved))
+    del tensors["unet.conv_out.bias"]
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match=r"1 missing \(e.g. unet.conv_out.bias\)"):
+        weights.load(saved)
+
+
+def test_unexpected_key(saved):
+    tensors = load_file(str(saved))
+    tensors["unet.extra.weight"] = np.zeros(3, np.float32)
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match=r"1 unexpected \(e.g. unet.extra.weight\)"):
+        weights.load(saved)
+
+
+def test_wrong_shape(saved):
+    tensors = load_file(str(saved))
+    tensors["unet.conv_in.weight"] = np.zeros((32, 3, 5, 5), np.float32)
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match=r"unet.conv_in.weight: \(32, 3, 5, 5\) instead of \(32, 3, 3, 3\)"):
+        weights.load(saved)
+
+
+def test_wrong_dtype(saved):
+    tensors = load_file(str(saved))
+    tensors["unet.conv_out.bias"] = np.zeros(3, np.int32)
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match="unet.conv_out.bias is int32"):
+        weights.load(saved)
+
+
+def test_nan_weights(saved):
+    tensors = load_file(str(saved))
+    tensors["unet.conv_out.bias"] = np.array([0, np.nan, 0], np.float32)
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match="NaN or inf"):
+        weights.load(saved)
+
+
+def test_config_that_is_not_minisd(saved):
+    meta = {"format": weights.FORMAT, "config": json.dumps({"unet": {}}), "vocab": json.dumps(weights_vocab())}
+    _rewrite(saved, metadata=meta)
+    with pytest.raises(weights.WeightsError, match="does not describe a minisd model"):
+        weights.load(saved)
+
+
+def weights_vocab():
+    from minisd.text import VOCAB
+
+    return VOCAB
