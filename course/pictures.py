@@ -8,7 +8,7 @@ Each function returns the matplotlib ``Figure`` (and draws into ``ax`` when you 
       ``owner_block`` / ``owner_thread`` are int arrays shaped like the output (1-D or 2-D); -1 means
       "no thread wrote this element" (drawn grey, which is how a missing element or a bad guard shows up).
       Record them with a kernel that writes ``cuda.blockIdx.x`` / ``cuda.threadIdx.x`` instead of data.
-* ``access_pattern(addresses, n_memory=None, segment=None, title=None)``
+* ``access_pattern(addresses, n_memory=None, segment=None, title=None, row_labels=None)``
       Which memory address each thread touches, one row per step (a loop iteration, a warp, a load):
       ``addresses[step, thread]`` is an element index, -1 for "this thread is idle". Cells are coloured by
       thread; with ``segment=k`` thick lines mark k-element segments and each row says how many it touches
@@ -67,7 +67,9 @@ def _as_grid(values, wrap, fill):
 def _new_axes(ax, rows, cols, scale=0.42):
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(figsize=(min(max(cols * scale, 3.0), 16.0), min(max(rows * scale, 1.2), 12.0) + 0.8))
+    fig, ax = plt.subplots(
+        figsize=(min(max(cols * scale, 3.0), 16.0), min(max(rows * scale, 1.2), 12.0) + 0.8)
+    )
     return fig, ax
 
 
@@ -129,11 +131,14 @@ def segments_touched(addresses, segment):
     return [len({int(a) // segment for a in row if a >= 0}) for row in addresses]
 
 
-def access_pattern(addresses, n_memory=None, segment=None, title=None, ax=None, annotate=None):
+def access_pattern(
+    addresses, n_memory=None, segment=None, title=None, ax=None, annotate=None, row_labels=None
+):
     """Draw which memory address each thread touches, one row per step, coloured by thread.
 
     addresses: int array (steps, threads) or (threads,) of element indices; -1 = idle thread.
     n_memory: how many memory cells to draw (default: up to the largest address).
+    row_labels: a name per row (default: the step number).
     segment: draw segment boundaries every ``segment`` elements and count the segments each row touches
              (32 float32 = 128 bytes, or 8 = one 32-byte sector, is what the memory system moves at once).
     """
@@ -168,8 +173,11 @@ def access_pattern(addresses, n_memory=None, segment=None, title=None, ax=None, 
         for s, k in enumerate(segments_touched(addresses, segment)):
             ax.text(n_memory - 0.3, s, f"  {k} seg", va="center", ha="left", fontsize=8)
     ax.set_xlabel("memory address (element index)")
-    ax.set_ylabel("step")
-    ax.set_yticks(range(steps))
+    if row_labels is None:
+        ax.set_ylabel("step")
+        ax.set_yticks(range(steps))
+    else:
+        ax.set_yticks(range(steps), list(row_labels))
     ax.set_title("\n".join(filter(None, [title, "colour / number = thread"])), fontsize=10)
     return fig
 
@@ -182,7 +190,9 @@ def attainable(intensity, peak_flops, peak_bandwidth):
 def roofline(peak_flops, peak_bandwidth, points=None, title=None, ax=None):
     """Log-log roofline with the ridge point marked and kernels placed at (FLOP/byte, achieved FLOP/s)."""
     if peak_flops <= 0 or peak_bandwidth <= 0:
-        raise ValueError(f"peaks must be positive, got peak_flops={peak_flops}, peak_bandwidth={peak_bandwidth}")
+        raise ValueError(
+            f"peaks must be positive, got peak_flops={peak_flops}, peak_bandwidth={peak_bandwidth}"
+        )
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
     ridge = peak_flops / peak_bandwidth
     intensities = [p[0] for p in (points or {}).values()]
@@ -198,7 +208,9 @@ def roofline(peak_flops, peak_bandwidth, points=None, title=None, ax=None):
         ax.loglog([intensity], [achieved], "o", color=thread_colour(i), markersize=8, label=name)
     ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")
     ax.set_ylabel("FLOP/s")
-    ax.set_title(title or f"roofline: {peak_flops / 1e12:.3g} TFLOP/s, {peak_bandwidth / 1e12:.3g} TB/s", fontsize=10)
+    ax.set_title(
+        title or f"roofline: {peak_flops / 1e12:.3g} TFLOP/s, {peak_bandwidth / 1e12:.3g} TB/s", fontsize=10
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, which="major", alpha=0.3)
     return fig

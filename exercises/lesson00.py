@@ -10,6 +10,8 @@ Each test says which exercise it grades and prints a hint when it fails. Read le
 import math  # noqa: F401  (you will want math.ceil in 00.5)
 
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
+
+# isort: split
 from numba import cuda
 
 

@@ -8,6 +8,8 @@ Read lessons/01_threads_blocks_grids.md first; the notebook draws every index pa
 """
 
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
+
+# isort: split
 from numba import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010

@@ -194,6 +194,7 @@ def generate(
     kept, so later calls skip loading (and on CuPy replay captured CUDA graphs).
     """
     backend = mode.default_backend() if backend is None else backend
+    mode.check_backend(backend)  # before the (slow) weights load
     key = (backend, kernels or "minisd", str(weights_path))
     if key not in _PIPELINES:
         _PIPELINES[key] = MiniSDPipeline.from_pretrained(weights_path, backend=backend, kernels=kernels)

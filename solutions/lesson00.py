@@ -3,6 +3,8 @@
 import math
 
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
+
+# isort: split
 from numba import cuda
 
 

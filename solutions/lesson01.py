@@ -1,6 +1,8 @@
 """Lesson 01 — threads, blocks and grids: reference answers (same API as exercises/lesson01.py)."""
 
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
+
+# isort: split
 from numba import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010
@@ -48,7 +50,9 @@ def grid_2d(h, w, threads=(16, 16)):
     tx, ty = threads
     blocks = (blocks_for(w, tx), blocks_for(h, ty))  # x counts columns (w), y counts rows (h)
     if tx * ty > MAX_THREADS_PER_BLOCK:
-        raise ValueError(f"threads={threads} is {tx * ty} threads per block; the limit is {MAX_THREADS_PER_BLOCK}")
+        raise ValueError(
+            f"threads={threads} is {tx * ty} threads per block; the limit is {MAX_THREADS_PER_BLOCK}"
+        )
     return blocks, (tx, ty)
 
 

@@ -41,7 +41,9 @@ def test_thread_map_colours_each_element_by_its_block(annotate):
     fig = pictures.thread_map(owner_block, owner_thread, title="known", annotate=annotate)
     drawn = _rendered_cells(fig, rows, cols)
     for (i, j), block in np.ndenumerate(owner_block):
-        np.testing.assert_allclose(drawn[i, j], _rgb(pictures.thread_colour(block)), atol=0.02, err_msg=f"{i, j}")
+        np.testing.assert_allclose(
+            drawn[i, j], _rgb(pictures.thread_colour(block)), atol=0.02, err_msg=f"{i, j}"
+        )
     np.testing.assert_allclose(drawn[6, 9], _rgb(pictures.UNWRITTEN), atol=0.02)
 
 
@@ -51,7 +53,9 @@ def test_thread_map_wraps_1d_arrays_and_leaves_the_tail_blank():
     fig = pictures.thread_map(owner_block, owner_thread, wrap=5)
     drawn = _rendered_cells(fig, 3, 5)
     for i in range(n):
-        np.testing.assert_allclose(drawn[i // 5, i % 5], _rgb(pictures.thread_colour(i // threads)), atol=0.02)
+        np.testing.assert_allclose(
+            drawn[i // 5, i % 5], _rgb(pictures.thread_colour(i // threads)), atol=0.02
+        )
     np.testing.assert_allclose(drawn[2, 4], _rgb(pictures.BACKGROUND), atol=0.02)  # past the end: no cell
 
 

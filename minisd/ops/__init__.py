@@ -105,7 +105,7 @@ def _as_numba(x):
     kind = _kind(x)
     if kind == "numpy":
         return cuda.to_device(np.ascontiguousarray(x), stream=get_stream())
-    if kind == "numba":
+    if kind == "numba" and hasattr(x, "copy_to_host"):  # already a Numba device array
         return x
     return cuda.as_cuda_array(x, sync=False)  # no host sync: the caller orders streams (see set_stream)
 
@@ -121,7 +121,7 @@ def to_device(x, backend=None):
 
 
 def to_numpy(x):
-    """A numpy copy of any array minisd's ops accept (numpy arrays come back unchanged)."""
+    """Any array minisd's ops accept as a numpy array (copied to the host; numpy arrays come back as they are)."""
     kind = _kind(x)
     if kind == "numpy":
         return x
@@ -156,22 +156,20 @@ def _dtype_name(x):
 
 
 def _contiguous(x, kind):
-    if kind == "numpy":
-        return x.flags.c_contiguous
-    if kind == "cupy":
+    if kind in ("numpy", "cupy"):
         return x.flags.c_contiguous
     if kind == "torch":
         return x.is_contiguous()
-    return x.is_c_contiguous()
+    return getattr(x, "is_c_contiguous", lambda: True)()  # another library's CUDA array: Numba checks it
 
 
 class _Call:
     """Checks and converts the arrays of one op call, allocates its output, converts the result back."""
 
-    def __init__(self, backend, first, name):
+    def __init__(self, backend, first, name, kind=None):
         self.backend = _backend(backend)
         self.first = first
-        self.kind = _kind(first, name)  # the result will be of this kind
+        self.kind = kind or _kind(first, name)  # the result will be of this kind
         if self.backend == "numpy" and self.kind != "numpy":
             raise TypeError(
                 f"backend 'numpy' takes numpy arrays, but {name} is a {self.kind} device array: "
@@ -593,7 +591,6 @@ def randn(shape, seed, backend=None, like=None):
 
     rng.key_of(seed)  # validates the seed
     backend = _backend(backend)
-    if like is None:
-        like = np.empty(0, np.float32) if backend == "numpy" else to_device(np.empty(0, np.float32), backend)
-    call = _Call(backend, like, "like")
+    kind = None if like is not None else "numpy" if backend == "numpy" else backend  # numba or cupy arrays
+    call = _Call(backend, like, "like", kind)
     return call.run("randn", shape, shape, seed)

@@ -43,7 +43,7 @@ def _pick(full, gpu, sim):
 
 
 def _conv_make(rng, full, stride=1, padding=1, k=3, bias=True, shape=None):
-    n, c, h, w, o = shape or _pick(full, (8, 64, 32, 32, 64), (2, 3, 9, 7, 5))
+    n, c, h, w, o = shape or _pick(full, (8, 64, 32, 32, 64), (2, 3, 9, 7, 3))
     inputs = {"x": _r(rng, n, c, h, w), "w": _r(rng, o, c, k, k), "b": _r(rng, o) if bias else None}
     inputs.update(stride=stride, padding=padding)
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
@@ -105,7 +105,7 @@ def _attn_flops(i, out_shape):
 
 
 def _linear_make(rng, full, bias=True, shape=None):
-    m, k, n = shape or _pick(full, (8 * 256, 64, 512), (37, 23, 19))
+    m, k, n = shape or _pick(full, (8 * 256, 64, 512), (21, 23, 19))
     return {"x": _r(rng, m, k), "w": _r(rng, n, k), "b": _r(rng, n) if bias else None}, (m, n)
 
 
@@ -183,6 +183,7 @@ CASES = {
         _gn_make,
         lambda f, i, out: f(i["x"], i["groups"], i["weight"], i["bias"], i["eps"], i["silu"], out),
         _gn_ref,
+        tol=1e-5,  # v1 sums 8192 floats one by one at full size: ~2e-6 of rounding is expected there
     ),
     "layer_norm": Case(
         _ln_make,
@@ -334,7 +335,10 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     mode.banner()
-    print(f"{'op':<20}{'version':>8}{'max rel err':>14}{'time':>12}{'throughput':>16}")
+    print(
+        f"{'op':<20}{'version':>8}{'max rel err':>14}"
+        + (f"{'time':>12}{'throughput':>16}" if mode.ON_GPU else "")
+    )
     failed = 0
     for op in args.ops or CASES:
         for version in sorted(VERSIONS[op]):

@@ -9,18 +9,19 @@ import torch
 
 import minisd.mode  # noqa: F401  (before numba.cuda)
 from course.grading import assert_close, load, poison
+
+# isort: split
 from numba import cuda
 
 ex = load("lesson00")
 rng = np.random.default_rng()
-PAD = 8
 OUT = object()  # where the output goes in a kernel's argument list
 
 
-def _padded(host):
+def _padded(host, pad):
     """A device view of ``host`` inside a bigger NaN buffer, so stray accesses land in memory we can inspect."""
     inside = tuple(slice(0, s) for s in host.shape)
-    padded = poison(tuple(s + PAD for s in host.shape), host.dtype)
+    padded = poison(tuple(s + pad for s in host.shape), host.dtype)
     padded[inside] = host
     buf = cuda.to_device(padded)
     return buf, buf[inside]
@@ -32,8 +33,10 @@ def launch(kernel, blocks, threads, n, *args):
     Out-of-bounds accesses fail clearly: the simulator raises IndexError, and on a GPU a stray write lands in
     the NaN padding after the output, which is checked.
     """
-    out_buf, out = _padded(poison(n))
-    device_args = [out if a is OUT else _padded(a)[1] if isinstance(a, np.ndarray) else a for a in args]
+    # room for every index the launch can produce, so a stray access stays inside a buffer
+    pad = 8 + blocks * threads
+    out_buf, out = _padded(poison(n), pad)
+    device_args = [out if a is OUT else _padded(a, pad)[1] if isinstance(a, np.ndarray) else a for a in args]
     try:
         kernel[blocks, threads](*device_args)
         cuda.synchronize()
@@ -44,7 +47,9 @@ def launch(kernel, blocks, threads, n, *args):
         ) from None
     host = out_buf.copy_to_host()
     if not np.isnan(host[n:]).all():
-        raise AssertionError(f"a thread wrote past the end of out ({n} elements): guard with `if i < out.size:`.")
+        raise AssertionError(
+            f"a thread wrote past the end of out ({n} elements): guard with `if i < out.size:`."
+        )
     return host[:n]
 
 
@@ -82,7 +87,9 @@ def _floor_oracle(bytes_moved, flops, bandwidth, peak):
     return seconds * 1000, "compute" if compute_bound else "memory"
 
 
-@pytest.mark.exercise("00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound.")
+@pytest.mark.exercise(
+    "00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound."
+)
 def test_time_floor_on_known_kernels():
     ms, bound = ex.time_floor_ms(3 * 4 * 2**24, 2 * 2**24, 3.0e12, 52e12)  # saxpy, 16 M floats, H100
     assert bound == "memory", f"saxpy is memory-bound, got {bound!r}"
@@ -92,7 +99,9 @@ def test_time_floor_on_known_kernels():
     assert ms == pytest.approx(2.643, rel=1e-3), f"4096^3 GEMM: expected 2.643 ms, got {ms}"
 
 
-@pytest.mark.exercise("00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound.")
+@pytest.mark.exercise(
+    "00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound."
+)
 def test_time_floor_random():
     for _ in range(200):
         args = [float(10 ** rng.uniform(3, 12)), float(10 ** rng.uniform(3, 13)), 10 ** rng.uniform(11, 13)]
@@ -100,7 +109,9 @@ def test_time_floor_random():
         ms, bound = ex.time_floor_ms(*args)
         ref_ms, ref_bound = _floor_oracle(*args)
         assert bound == ref_bound, f"time_floor_ms{tuple(args)}: bound {bound!r}, expected {ref_bound!r}"
-        assert ms == pytest.approx(ref_ms, rel=1e-9), f"time_floor_ms{tuple(args)}: {ms} ms, expected {ref_ms}"
+        assert ms == pytest.approx(ref_ms, rel=1e-9), (
+            f"time_floor_ms{tuple(args)}: {ms} ms, expected {ref_ms}"
+        )
 
 
 @pytest.mark.exercise("00.3", hint="Check the arguments first and raise ValueError naming the bad one.")
@@ -115,7 +126,10 @@ def test_time_floor_rejects_bad_arguments(args, name):
 
 
 # 00.4 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("00.4", hint="saxpy touches 3 arrays of n items; GEMM touches A, B, C once each; 2 FLOPs per multiply-add.")
+@pytest.mark.exercise(
+    "00.4",
+    hint="saxpy touches 3 arrays of n items; GEMM touches A, B, C once each; 2 FLOPs per multiply-add.",
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 def test_costs_match_real_arrays(dtype):
     n = _ragged_n()
@@ -124,7 +138,10 @@ def test_costs_match_real_arrays(dtype):
     m, k, p = (int(v) for v in rng.integers(1, 300, size=3))
     a, b, c = np.empty((m, k), dtype), np.empty((k, p), dtype), np.empty((m, p), dtype)
     multiply_adds = math.prod([m, p, k])  # one per (row, column, k) triple
-    assert ex.gemm_cost(m, p, k, np.dtype(dtype).itemsize) == (a.nbytes + b.nbytes + c.nbytes, 2 * multiply_adds)
+    assert ex.gemm_cost(m, p, k, np.dtype(dtype).itemsize) == (
+        a.nbytes + b.nbytes + c.nbytes,
+        2 * multiply_adds,
+    )
 
 
 @pytest.mark.exercise("00.4", hint="intensity = flops / bytes; saxpy in fp32 is 2 / 12 FLOP per byte.")
@@ -141,12 +158,18 @@ def test_intensities():
 
 
 # 00.5 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("00.5", hint="bytes in flight = bandwidth * latency; threads = ceil(bytes in flight / bytes per thread).")
+@pytest.mark.exercise(
+    "00.5", hint="bytes in flight = bandwidth * latency; threads = ceil(bytes in flight / bytes per thread)."
+)
 def test_littles_law():
     assert ex.bytes_in_flight(3.0e12, 600e-9) == pytest.approx(1.8e6)
     assert ex.threads_needed(3.0e12, 600e-9, 4) == 450_000  # more than the 270 336 threads an H100 holds
     for _ in range(200):
-        bandwidth, latency, per_thread = 10 ** rng.uniform(9, 13), 10 ** rng.uniform(-8, -5), int(rng.integers(1, 65))
+        bandwidth, latency, per_thread = (
+            10 ** rng.uniform(9, 13),
+            10 ** rng.uniform(-8, -5),
+            int(rng.integers(1, 65)),
+        )
         exact = Fraction(bandwidth) * Fraction(latency) / per_thread
         if not 0.01 < exact % 1 < 0.99:
             continue  # too close to a whole number for floating point to agree on the rounding

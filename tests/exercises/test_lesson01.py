@@ -8,19 +8,20 @@ import torch
 
 import minisd.mode  # noqa: F401  (before numba.cuda)
 from course.grading import assert_close, load, poison
+
+# isort: split
 from numba import cuda
 
 ex = load("lesson01")
 rng = np.random.default_rng()
-PAD = 8
 OUT = object()  # where the output goes in a kernel's argument list
 
 
-def _padded(host):
-    """A device view of ``host`` inside a bigger NaN buffer (every axis longer by PAD): stray accesses land in
+def _padded(host, pad):
+    """A device view of ``host`` inside a bigger NaN buffer (every axis longer by pad): stray accesses land in
     memory the test can inspect instead of in someone else's array."""
     inside = tuple(slice(0, s) for s in host.shape)
-    padded = poison(tuple(s + PAD for s in host.shape), host.dtype)
+    padded = poison(tuple(s + pad for s in host.shape), host.dtype)
     padded[inside] = host
     buf = cuda.to_device(padded)
     return buf, buf[inside]
@@ -32,8 +33,12 @@ def launch(kernel, blocks, threads, out_shape, *args):
     Out-of-bounds accesses fail clearly: the simulator raises IndexError; on a GPU a stray write lands in the
     NaN padding around the output, which is checked.
     """
-    out_buf, out = _padded(poison(out_shape))
-    device_args = [out if a is OUT else _padded(a)[1] if isinstance(a, np.ndarray) else a for a in args]
+    # room for every index the launch can produce on any axis, so a stray access stays inside a buffer
+    pad = 8 + max(b * t for b, t in zip(np.atleast_1d(blocks), np.atleast_1d(threads), strict=True))
+    out_buf, out = _padded(poison(out_shape), int(pad))
+    device_args = [
+        out if a is OUT else _padded(a, int(pad))[1] if isinstance(a, np.ndarray) else a for a in args
+    ]
     config = f"{blocks} blocks x {threads} threads for output shape {out_shape}"
     try:
         kernel[blocks, threads](*device_args)
@@ -61,7 +66,9 @@ def _image(h, w):
 
 
 # 01.1 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("01.1", hint="i = cuda.grid(1); guard with `if i < out.size` — the last block runs past the end.")
+@pytest.mark.exercise(
+    "01.1", hint="i = cuda.grid(1); guard with `if i < out.size` — the last block runs past the end."
+)
 @pytest.mark.parametrize("threads", [32, 128])
 def test_vector_add_ragged(threads):
     n = _odd(200, 700)
@@ -84,7 +91,9 @@ def test_grayscale_2d_grid(threads):
 
 
 # 01.3 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("01.3", hint="for i in range(cuda.grid(1), out.size, cuda.gridsize(1)): out[i] = a * x[i] + y[i]")
+@pytest.mark.exercise(
+    "01.3", hint="for i in range(cuda.grid(1), out.size, cuda.gridsize(1)): out[i] = a * x[i] + y[i]"
+)
 @pytest.mark.parametrize("blocks, threads", [(1, 1), (1, 7), (3, 5), (2, 32), (40, 32)])
 def test_grid_stride_saxpy_any_launch(blocks, threads):
     n = _odd(150, 400)  # (40, 32) launches far more threads than elements
@@ -92,7 +101,9 @@ def test_grid_stride_saxpy_any_launch(blocks, threads):
     a = float(rng.uniform(-2, 2))
     out = launch(ex.saxpy_grid_stride_kernel, blocks, threads, (n,), a, x, y, OUT)
     ref = a * torch.from_numpy(x).double() + torch.from_numpy(y).double()
-    assert_close(out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy with {blocks} blocks x {threads} threads")
+    assert_close(
+        out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy with {blocks} blocks x {threads} threads"
+    )
 
 
 # 01.4 -------------------------------------------------------------------------------------------------
@@ -103,7 +114,9 @@ def test_blocks_for():
     for n, threads in cases:
         got = ex.blocks_for(n, threads)
         assert isinstance(got, int), f"blocks_for({n}, {threads}) returned {type(got).__name__}, not int"
-        assert got * threads >= n, f"blocks_for({n}, {threads}) = {got}: {got * threads} threads miss elements"
+        assert got * threads >= n, (
+            f"blocks_for({n}, {threads}) = {got}: {got * threads} threads miss elements"
+        )
         assert (got - 1) * threads < n, f"blocks_for({n}, {threads}) = {got}: the last block is entirely idle"
 
 
@@ -118,7 +131,9 @@ def test_blocks_for_rejects_bad_arguments(args, error, name):
         ex.blocks_for(*args)
 
 
-@pytest.mark.exercise("01.4", hint="blocks = (blocks_for(w, tx), blocks_for(h, ty)): x goes with columns (w).")
+@pytest.mark.exercise(
+    "01.4", hint="blocks = (blocks_for(w, tx), blocks_for(h, ty)): x goes with columns (w)."
+)
 def test_grid_2d():
     assert ex.grid_2d(1080, 1920, (32, 8)) == ((60, 135), (32, 8))
     for _ in range(100):
@@ -126,14 +141,20 @@ def test_grid_2d():
         tx, ty = int(rng.choice([1, 8, 16, 32, 64])), int(rng.choice([1, 2, 4, 8, 16]))
         (bx, by), threads = ex.grid_2d(h, w, (tx, ty))
         assert threads == (tx, ty)
-        assert bx * tx >= w > (bx - 1) * tx, f"grid_2d({h}, {w}, {(tx, ty)}): {bx} blocks along x for {w} columns"
-        assert by * ty >= h > (by - 1) * ty, f"grid_2d({h}, {w}, {(tx, ty)}): {by} blocks along y for {h} rows"
+        assert bx * tx >= w > (bx - 1) * tx, (
+            f"grid_2d({h}, {w}, {(tx, ty)}): {bx} blocks along x for {w} columns"
+        )
+        assert by * ty >= h > (by - 1) * ty, (
+            f"grid_2d({h}, {w}, {(tx, ty)}): {by} blocks along y for {h} rows"
+        )
     with pytest.raises(ValueError, match="1024"):
         ex.grid_2d(100, 100, (64, 32))
 
 
 # 01.5 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("01.5", hint="Two grid-stride loops: rows from cuda.grid(2)[1] by cuda.gridsize(2)[1], columns likewise.")
+@pytest.mark.exercise(
+    "01.5", hint="Two grid-stride loops: rows from cuda.grid(2)[1] by cuda.gridsize(2)[1], columns likewise."
+)
 @pytest.mark.parametrize(
     "blocks, threads", [((1, 1), (1, 1)), ((2, 3), (3, 2)), ((1, 2), (16, 4)), ((6, 5), (8, 8))]
 )
@@ -143,4 +164,6 @@ def test_brighten_grid_stride_2d(blocks, threads):
     amount = float(rng.choice([-1, 1]) * rng.uniform(0.1, 0.4))
     out = launch(ex.brighten_kernel, blocks, threads, (h, w, 3), img, amount, OUT)
     ref = torch.clamp(torch.from_numpy(img).double() + amount, 0.0, 1.0)
-    assert_close(out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads")
+    assert_close(
+        out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads"
+    )

@@ -49,7 +49,9 @@ def test_blur1d_with_halo():
     x = rng.standard_normal(n).astype(np.float32)
     tx, out = tracked(x, "x"), tracked(poison(n), "out")
     ex.blur1d_kernel[math.ceil(n / ex.THREADS), ex.THREADS](tx, out)
-    assert_close(host(out), _blur1d_reference(x, ex.RADIUS), rtol=1e-5, atol=1e-5, what="blur1d_kernel output")
+    assert_close(
+        host(out), _blur1d_reference(x, ex.RADIUS), rtol=1e-5, atol=1e-5, what="blur1d_kernel output"
+    )
     if mode.SIMULATOR:
         traffic.assert_reads_per_block(tx, at_most=ex.THREADS + 2 * ex.RADIUS)
         traffic.assert_reads_per_thread(tx, at_most=3)
@@ -114,7 +116,9 @@ def test_row_max_with_warp_shuffles(cols):
     ref = torch.from_numpy(a).double().amax(dim=1).numpy()
     assert_close(host(out), ref, rtol=0, atol=0, what="row_max_kernel output")
     source = inspect.getsource(ex.row_max_kernel.py_func)
-    assert "shared.array" not in source, "row_max_kernel: combine the lanes with warp shuffles, no shared memory"
+    assert "shared.array" not in source, (
+        "row_max_kernel: combine the lanes with warp shuffles, no shared memory"
+    )
     if mode.SIMULATOR:
         traffic.assert_each_element_read(ta, at_most=1)
         traffic.assert_writes_per_block(out, at_most=1)

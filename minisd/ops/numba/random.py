@@ -17,8 +17,13 @@ from minisd.mode import SIMULATOR
 from minisd.ops import rng
 from minisd.ops.numba.common import launch1d
 
-if SIMULATOR:  # the simulator runs this on numpy uint64 scalars, which warn on the (intended) wrap-around
-    warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning, __name__)
+
+def _launch(kernel, n, seed, out):
+    with warnings.catch_warnings():
+        if SIMULATOR:  # it hashes numpy uint64 scalars, which warn on the (intended) wrap-around mod 2**64
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+        launch1d(kernel, n, np.uint64(rng.key_of(seed)), out)
+
 
 GOLDEN = np.uint64(rng.GOLDEN)
 M1 = np.uint64(rng.M1)
@@ -56,7 +61,7 @@ def _randn_v1(key, out):
 
 
 def randn_v1(seed, out):
-    launch1d(_randn_v1, out.size, np.uint64(rng.key_of(seed)), out)
+    _launch(_randn_v1, out.size, seed, out)
 
 
 @cuda.jit
@@ -70,7 +75,7 @@ def _randn_v2(key, out):
 
 
 def randn_v2(seed, out):
-    launch1d(_randn_v2, (out.size + 1) // 2, np.uint64(rng.key_of(seed)), out)
+    _launch(_randn_v2, (out.size + 1) // 2, seed, out)
 
 
 VERSIONS = {"randn": {1: randn_v1, 2: randn_v2}}
