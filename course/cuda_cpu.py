@@ -353,7 +353,9 @@ extern "C" void cuda_cpu_launch_{i}(unsigned gx, unsigned gy, unsigned gz, unsig
 }}
 """
 
-_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;"
+)
 _SYNCS = re.compile(r"__syncthreads|__syncwarp|__shfl|__shared__")
 _TENSOR_CORES = re.compile(r"\bwmma\b|<mma\.h>|\bmma\.sync\b")
 _FAKE_HEADERS = ("cuda_fp16.h", "cuda_runtime.h", "cuda.h", "stdint.h", "cstdint", "math.h", "cmath")
@@ -372,7 +374,9 @@ def _compiler():
 
 
 def _cache_dir():
-    root = os.environ.get("COURSE_CUDA_CPU_CACHE") or os.path.join(tempfile.gettempdir(), f"course-cuda-cpu-{os.getuid()}")
+    root = os.environ.get("COURSE_CUDA_CPU_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"course-cuda-cpu-{os.getuid()}"
+    )
     Path(root).mkdir(parents=True, exist_ok=True)
     return Path(root)
 
@@ -389,7 +393,9 @@ def _shim_header(cxx, flags):
     is_gcc = "g++" in Path(cxx).name or "Free Software" in _version(cxx)
     if is_gcc and not pch.exists():
         tmp = pch.with_name(f"{pch.name}.{os.getpid()}.tmp")
-        proc = subprocess.run([cxx, *flags, "-x", "c++-header", str(header), "-o", str(tmp)], capture_output=True)
+        proc = subprocess.run(
+            [cxx, *flags, "-x", "c++-header", str(header), "-o", str(tmp)], capture_output=True
+        )
         if proc.returncode == 0:
             os.replace(tmp, pch)
         else:
@@ -435,7 +441,9 @@ class CpuRawModule:
         self.name_expressions = list(name_expressions or [])
         names = list(_names or []) + self.name_expressions
         if not names:
-            names = re.findall(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)', code)
+            names = re.findall(
+                r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)', code
+            )
         self._names = list(dict.fromkeys(names))
         self._threads = bool(_SYNCS.search(code))
         self._lib = self._build()
@@ -447,7 +455,9 @@ class CpuRawModule:
         cxx = _compiler()
         flags = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-w"]
         shim = _shim_header(cxx, flags)
-        source = f'#include "{shim}"\n#line 1 "kernel.cu"\n{body}\n#line 1 "cuda_cpu_launchers.cpp"\n{launchers}'
+        source = (
+            f'#include "{shim}"\n#line 1 "kernel.cu"\n{body}\n#line 1 "cuda_cpu_launchers.cpp"\n{launchers}'
+        )
         flags += ["-shared", *_defines(self.options)]
         key = hashlib.sha256("\0".join([cxx, *flags, source]).encode()).hexdigest()[:24]
         lib_path = _cache_dir() / f"k_{key}.so"
@@ -463,7 +473,11 @@ class CpuRawModule:
         return ctypes.CDLL(str(lib_path))
 
     def _explain(self, stderr):
-        lines = [ln for ln in stderr.splitlines() if "kernel.cu" in ln or "cuda_cpu_launchers" in ln or "error" in ln]
+        lines = [
+            ln
+            for ln in stderr.splitlines()
+            if "kernel.cu" in ln or "cuda_cpu_launchers" in ln or "error" in ln
+        ]
         text = "\n".join(lines[:40]) or stderr[-4000:]
         hint = ""
         if "cuda_cpu_launchers" in stderr:
@@ -489,7 +503,7 @@ class CpuRawKernel:
     def __init__(self, code, name, options=()):
         if "<" not in name and not re.search(r'extern\s+"C"', code):
             raise CompileError(
-                f"kernel {name!r} is not declared extern \"C\": C++ mangles its name and CuPy's RawKernel could "
+                f'kernel {name!r} is not declared extern "C": C++ mangles its name and CuPy\'s RawKernel could '
                 f'not find it on a GPU. Write `extern "C" __global__ void {name}(...)`, or use RawModule with '
                 "name_expressions for templates."
             )
@@ -531,7 +545,9 @@ class _CpuKernel:
         g, b = _dims(grid, "grid"), _dims(block, "block")
         threads = b[0] * b[1] * b[2]
         if threads > MAX_THREADS_PER_BLOCK:
-            raise LaunchError(f"block {tuple(block)} has {threads} threads: a block holds at most 1024 on NVIDIA GPUs")
+            raise LaunchError(
+                f"block {tuple(block)} has {threads} threads: a block holds at most 1024 on NVIDIA GPUs"
+            )
         args = tuple(args)
         if len(args) != len(self.params):
             raise LaunchError(f"kernel {self.name!r} takes {len(self.params)} arguments, got {len(args)}")
@@ -549,7 +565,9 @@ class _CpuKernel:
             holders.append(cell)
             pointers[i] = ctypes.addressof(cell)
         smem = np.zeros(int(shared_mem) + 64, np.uint8)
-        self._launch(*g, *b, ctypes.cast(pointers, ctypes.c_void_p), smem.ctypes.data, int(self.module._threads))
+        self._launch(
+            *g, *b, ctypes.cast(pointers, ctypes.c_void_p), smem.ctypes.data, int(self.module._threads)
+        )
         for i, arr, padded, lo in guarded:
             self._check_guards(i, arr, padded, lo)
 
@@ -564,7 +582,9 @@ class _CpuKernel:
                     f"x.astype(np.{_numpy_name(want)})."
                 )
             if not arg.flags.c_contiguous:
-                raise LaunchError(f"argument {i} of {self.name!r} is not C-contiguous: pass np.ascontiguousarray(x)")
+                raise LaunchError(
+                    f"argument {i} of {self.name!r} is not C-contiguous: pass np.ascontiguousarray(x)"
+                )
             key = (arg.ctypes.data, arg.nbytes)
             if key not in by_buffer:
                 lo = GUARD_BYTES
@@ -599,7 +619,9 @@ class _CpuKernel:
     def _scalar(self, i, arg, param):
         kind, size = param[1], int(param[2])
         if isinstance(arg, np.ndarray):
-            raise LaunchError(f"argument {i} of {self.name!r} is an array but the parameter is {_describe_param(param)}")
+            raise LaunchError(
+                f"argument {i} of {self.name!r} is an array but the parameter is {_describe_param(param)}"
+            )
         if isinstance(arg, (bool, np.bool_)):
             value = np.array(arg, np.bool_)
         elif isinstance(arg, np.generic):
@@ -609,13 +631,18 @@ class _CpuKernel:
         elif isinstance(arg, float):
             value = np.array(arg, np.float64)  # ... and with a Python float
         else:
-            raise LaunchError(f"argument {i} of {self.name!r}: cannot pass a {type(arg).__name__} to a kernel")
+            raise LaunchError(
+                f"argument {i} of {self.name!r}: cannot pass a {type(arg).__name__} to a kernel"
+            )
         have = (value.dtype.kind, value.dtype.itemsize)
         if kind == "v":
-            raise LaunchError(f"argument {i} of {self.name!r}: struct parameters are not supported on the CPU runner")
+            raise LaunchError(
+                f"argument {i} of {self.name!r}: struct parameters are not supported on the CPU runner"
+            )
         if have != (kind, size):
             if value.dtype.kind == "i" and kind in "iu" and size <= 8 and isinstance(arg, int):
-                value = np.array(arg, np.dtype(f"{kind}{size}"))  # a Python int in a narrower int: CuPy's bytes work
+                # a Python int into a narrower int parameter: CuPy's int64 bytes read right (little-endian)
+                value = np.array(arg, np.dtype(f"{kind}{size}"))
             else:
                 raise LaunchError(
                     f"argument {i} of {self.name!r} is {value.dtype} but the parameter is {_describe_param(param)}: "
@@ -628,4 +655,6 @@ class _CpuKernel:
 
 def _numpy_name(kind_size):
     kind, size = kind_size
-    return {"f": f"float{size * 8}", "i": f"int{size * 8}", "u": f"uint{size * 8}", "b": "bool_"}.get(kind, "?")
+    return {"f": f"float{size * 8}", "i": f"int{size * 8}", "u": f"uint{size * 8}", "b": "bool_"}.get(
+        kind, "?"
+    )

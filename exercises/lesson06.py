@@ -7,7 +7,7 @@ Fill in the TODOs, then run ``pytest tests/exercises/test_lesson06.py``.
 import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda loads when there is no GPU)
 
 # isort: split
-import numpy as np
+import numpy as np  # noqa: F401  (for your conv2d)
 from numba import cuda
 
 THREADS = 128

@@ -106,7 +106,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     N, C, H, W = x.shape
     O, Cw, KH, KW = weight.shape
     if Cw != C:
-        raise ValueError(f"weight has {Cw} input channels but x has {C} (x {tuple(x.shape)}, weight {tuple(weight.shape)})")
+        raise ValueError(
+            f"weight has {Cw} input channels but x has {C} (x {tuple(x.shape)}, weight {tuple(weight.shape)})"
+        )
     if bias is not None and tuple(bias.shape) != (O,):
         raise ValueError(f"bias must have shape ({O},), one per output channel, got {tuple(bias.shape)}")
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)

@@ -96,8 +96,9 @@ def group_norm_kernel(x, w, b, out, num_groups, eps, silu):
     stride = NORM_THREADS // 2
     while stride > 0:  # tree of Welford merges in shared memory
         if t < stride:
-            cnt[t], mean[t], m2[t] = welford_combine(cnt[t], mean[t], m2[t], cnt[t + stride], mean[t + stride],
-                                                     m2[t + stride])
+            cnt[t], mean[t], m2[t] = welford_combine(
+                cnt[t], mean[t], m2[t], cnt[t + stride], mean[t + stride], m2[t + stride]
+            )
         cuda.syncthreads()
         stride //= 2
     mu = mean[0]
@@ -114,11 +115,11 @@ def group_norm_kernel(x, w, b, out, num_groups, eps, silu):
 def softmax(x):
     """Numerically stable softmax over the last axis of a float32 array of any shape (numpy in, numpy out)."""
     on_device = _on_device(x)
-    if len(x.shape) == 0:
+    shape = tuple(x.shape)  # a tuple: the simulator's device-array shape does not take negative indices
+    if len(shape) == 0:
         raise ValueError("softmax needs at least one axis, got a 0-d array")
-    if x.shape[-1] == 0:
-        raise ValueError(f"softmax over an empty last axis (shape {tuple(x.shape)})")
-    shape = tuple(x.shape)
+    if shape[-1] == 0:
+        raise ValueError(f"softmax over an empty last axis (shape {shape})")
     rows = int(np.prod(shape[:-1], dtype=np.int64))
     d_x = _device(x, "x").reshape(rows, shape[-1])
     out = cuda.device_array(d_x.shape, np.float32)
@@ -143,7 +144,9 @@ def _norm(x, rows, channels, spatial, num_groups, weight, bias, eps, silu):
     w = _affine(weight, channels, "weight", 1.0)
     b = _affine(bias, channels, "bias", 0.0)
     if rows * num_groups:
-        group_norm_kernel[rows * num_groups, NORM_THREADS](d_x, w, b, out, num_groups, np.float32(eps), bool(silu))
+        group_norm_kernel[rows * num_groups, NORM_THREADS](
+            d_x, w, b, out, num_groups, np.float32(eps), bool(silu)
+        )
     return out.reshape(tuple(x.shape))
 
 
@@ -151,19 +154,21 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False):
     """torch.nn.functional.group_norm for x (N, C, *spatial), then SiLU when silu=True (fused, one kernel)."""
     if len(x.shape) < 2:
         raise ValueError(f"x must be (N, C, ...), got shape {tuple(x.shape)}")
-    N, C = x.shape[0], x.shape[1]
+    shape = tuple(x.shape)
+    N, C = shape[0], shape[1]
     if not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or C % num_groups:
         raise ValueError(f"num_groups={num_groups!r} must be a positive int that divides the {C} channels")
-    spatial = int(np.prod(x.shape[2:], dtype=np.int64))
+    spatial = int(np.prod(shape[2:], dtype=np.int64))
     out = _norm(x, N, C, spatial, int(num_groups), weight, bias, eps, silu)
     return out if _on_device(x) else out.copy_to_host()
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """torch.nn.functional.layer_norm over the last axis: a GroupNorm with one group and one "pixel" per row."""
-    if len(x.shape) < 1 or x.shape[-1] == 0:
-        raise ValueError(f"layer_norm needs a non-empty last axis, got shape {tuple(x.shape)}")
-    D = x.shape[-1]
-    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    shape = tuple(x.shape)
+    if len(shape) < 1 or shape[-1] == 0:
+        raise ValueError(f"layer_norm needs a non-empty last axis, got shape {shape}")
+    D = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
     out = _norm(x, rows, D, 1, 1, weight, bias, eps, False)
     return out if _on_device(x) else out.copy_to_host()

@@ -100,26 +100,27 @@ def attention(q, k, v, heads=None, scale=None):
     3-D: q (B, Lq, H·D), k (B, Lk, H·D), v (B, Lk, H·Dv) with heads=H → (B, Lq, H·Dv)
     Numpy in → numpy out; Numba device arrays in → a device array out.
     """
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    nd = len(q.shape)
-    if not (len(k.shape) == len(v.shape) == nd) or nd not in (3, 4):
+    qs, ks, vs = tuple(q.shape), tuple(k.shape), tuple(v.shape)
+    shapes = f"q {qs}, k {ks}, v {vs}"
+    nd = len(qs)
+    if not (len(ks) == len(vs) == nd) or nd not in (3, 4):
         raise ValueError(f"q, k, v must all be 4-D (B, H, L, D) or all 3-D (B, L, H·D); got {shapes}")
     if nd == 3:
         if heads is None or not isinstance(heads, (int, np.integer)) or heads < 1:
             raise ValueError(f"3-D inputs need heads=H (a positive int) to split H·D; got heads={heads!r}")
-        B, Lq, HD = q.shape
-        Lk, HDv = k.shape[1], v.shape[2]
+        B, Lq, HD = qs
+        Lk, HDv = ks[1], vs[2]
         if HD % heads or HDv % heads:
             raise ValueError(f"heads={heads} does not divide the feature sizes of {shapes}")
         H, D, Dv = int(heads), HD // heads, HDv // heads
-        if k.shape[0] != B or v.shape[0] != B or k.shape[2] != HD or v.shape[1] != Lk:
+        if ks != (B, Lk, HD) or vs[:2] != (B, Lk):
             raise ValueError(f"shapes do not match: {shapes} (k must be (B, Lk, H·D), v (B, Lk, H·Dv))")
     else:
-        B, H, Lq, D = q.shape
-        Lk, Dv = k.shape[2], v.shape[3]
+        B, H, Lq, D = qs
+        Lk, Dv = ks[2], vs[3]
         if heads is not None and heads != H:
             raise ValueError(f"heads={heads} but the 4-D inputs have {H} heads: {shapes}")
-        if k.shape != (B, H, Lk, D) or v.shape[:3] != (B, H, Lk):
+        if ks != (B, H, Lk, D) or vs[:3] != (B, H, Lk):
             raise ValueError(f"shapes do not match: {shapes} (k must be (B, H, Lk, D), v (B, H, Lk, Dv))")
     if min(B, H, Lq, Lk, D, Dv) < 1:
         raise ValueError(f"empty attention: {shapes}")
@@ -131,10 +132,13 @@ def attention(q, k, v, heads=None, scale=None):
         if nd == 4:
             qh, kh, vh = q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D), v.reshape(B * H, Lk, Dv)
         else:
-            qh, kh, vh = (cuda.device_array((B * H, L, d), np.float32) for L, d in ((Lq, D), (Lk, D), (Lk, Dv)))
+            qh, kh, vh = (
+                cuda.device_array((B * H, L, d), np.float32) for L, d in ((Lq, D), (Lk, D), (Lk, Dv))
+            )
             for src, dst in ((q, qh), (k, kh), (v, vh)):
                 _launch(_split_heads, dst.size, src, dst)
     else:
+
         def heads_first(a, L, d):
             a = np.asarray(a, dtype=np.float32)
             a = a.reshape(B, L, H, d).transpose(0, 2, 1, 3) if nd == 3 else a

@@ -48,7 +48,9 @@ def test_2d_grid_and_block_indices():
     }"""
     rows, cols = 37, 53
     out = np.full((rows, cols), -1, np.int32)
-    CpuRawKernel(src, "where")((cuda_cpu.blocks(cols, 16), cuda_cpu.blocks(rows, 8)), (16, 8), (out, rows, cols))
+    CpuRawKernel(src, "where")(
+        (cuda_cpu.blocks(cols, 16), cuda_cpu.blocks(rows, 8)), (16, 8), (out, rows, cols)
+    )
     r, c = np.indices((rows, cols))
     np.testing.assert_array_equal(out, 1000 * r + c + 1000000 * (4 * 10 + 8))
 

@@ -29,7 +29,9 @@ def test_forward_shapes(model):
 def test_scalar_timestep_broadcasts(model):
     x, ctx = torch.randn(2, 3, 32, 32), torch.randn(2, 8, 64)
     with torch.no_grad():
-        np.testing.assert_allclose(model.unet(x, 10, ctx), model.unet(x, torch.tensor([10, 10]), ctx), atol=1e-5)
+        np.testing.assert_allclose(
+            model.unet(x, 10, ctx), model.unet(x, torch.tensor([10, 10]), ctx), atol=1e-5
+        )
 
 
 def test_the_prompt_changes_the_prediction(model):

@@ -17,8 +17,13 @@ import minisd.mode as mode
 from minisd import ops
 from minisd.ops import dev, rng
 
-gpu = pytest.mark.skipif(not mode.ON_GPU, reason="needs a CUDA GPU")
-BACKENDS = ["numpy", "numba"]
+
+def gpu(test):
+    """``-m gpu`` selects these; without a GPU they are skipped."""
+    return pytest.mark.gpu(pytest.mark.skipif(not mode.ON_GPU, reason="needs a CUDA GPU")(test))
+
+
+BACKENDS = ["numpy", "numba"] + (["cupy"] if mode.has_cupy() else [])  # cupy: through the same dispatcher
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +80,7 @@ VARIANTS = [  # the corners the default cases miss: (op, variant[, versions]), d
     ("conv2d", {"stride": 2, "bias": False}),
     ("conv2d", {"k": 1, "padding": 0, "shape": (1, 4, 5, 3, 6)}),
     ("conv2d", {"k": 5, "padding": 2, "shape": (1, 2, 6, 5, 3)}),
+    ("conv2d", {"k": 1, "padding": 0, "shape": (1, 2, 3, 3, 33)}, (3, 4)),  # several channel groups / tiles
     ("group_norm", {"silu": False, "affine": False}),
     ("layer_norm", {"affine": False}),
     (

@@ -104,7 +104,7 @@ def test_conv2d_every_plan(gen, monkeypatch, plan, precision):
 
 def test_conv2d_rectangular_kernel(gen):
     x, wt, b = rand(gen, 2, 6, 10, 7), rand(gen, 5, 6, 3, 2), rand(gen, 5)
-    out = poisoned(2, 5, 5, 7)
+    out = poisoned(2, 5, 5, 4)  # Ho = (10 + 2 - 3) // 2 + 1, Wo = (7 + 2 - 2) // 2 + 1
     ops.conv2d(x, wt, b, 2, 1, out=out, precision="fp32")
     check(out, F.conv2d(t64(x), t64(wt), t64(b), stride=2, padding=1), 2e-6, "conv2d 3x2 kernel")
 
@@ -170,7 +170,9 @@ def attention_ref(q, k, v, scale):
         (1, 1, 1, 200, 7),
     ],  # fmt: skip
 )
-def test_attention_4d(gen, b, h, lq, lk, d):
+@pytest.mark.parametrize("split", [8, 16])
+def test_attention_4d(gen, monkeypatch, b, h, lq, lk, d, split):
+    monkeypatch.setattr(ops, "_attention_split", lambda b, h, lq: split)  # threads per query
     q, k, v = rand(gen, b, h, lq, d, scale=2.0), rand(gen, b, h, lk, d), rand(gen, b, h, lk, d)
     out = poisoned(b, h, lq, d)
     ops.attention(q, k, v, out=out)
@@ -178,7 +180,9 @@ def test_attention_4d(gen, b, h, lq, lk, d):
 
 
 @pytest.mark.parametrize("b, heads, lq, lk, d", [(2, 2, 256, 8, 32), (2, 4, 64, 64, 32), (3, 3, 33, 17, 24)])
-def test_attention_3d_heads(gen, b, heads, lq, lk, d):
+@pytest.mark.parametrize("split", [8, 16])
+def test_attention_3d_heads(gen, monkeypatch, b, heads, lq, lk, d, split):
+    monkeypatch.setattr(ops, "_attention_split", lambda b, h, lq: split)
     q, k, v = rand(gen, b, lq, heads * d), rand(gen, b, lk, heads * d), rand(gen, b, lk, heads * d)
     split = lambda t: t64(t).reshape(b, -1, heads, d).transpose(1, 2)  # noqa: E731
     ref = attention_ref(split(q), split(k), split(v), 0.3).transpose(1, 2).reshape(b, lq, heads * d)
@@ -424,3 +428,25 @@ def test_ops_capture_in_a_cuda_graph(gen):
     for got, again in zip(replayed, (att, temb, emb), strict=True):
         assert not np.isnan(got).any()
         np.testing.assert_array_equal(got, cp.asnumpy(again))
+
+
+def test_unet_on_cupy_ops_matches_torch(gen):
+    """All the ops together: minisd's UNet (random weights) on the CuPy ops against the torch model."""
+    from minisd.model import MiniSD
+    from minisd.ops.cupy_dev import unet_forward
+
+    torch.manual_seed(int(gen.integers(1 << 30)))
+    unet = MiniSD().unet.double().eval()
+    params = {k: cp.asarray(v.float().numpy()) for k, v in unet.state_dict().items()}
+    sample, ctx = rand(gen, 2, 3, 32, 32), rand(gen, 2, 8, 64)
+    steps = cp.asarray([17.0, 951.0], cp.float32)
+    with torch.no_grad():
+        ref = unet(t64(sample), t64(steps), t64(ctx))
+    for precision, tol in (("fp32", 1e-5), ("3xtf32", 1e-4), ("tf32", 1e-2)):
+        ops.DEFAULT_PRECISION = precision
+        try:
+            out = unet_forward(unet, params, sample, steps, ctx)
+        finally:
+            ops.DEFAULT_PRECISION = "3xtf32"
+        err = float(np.linalg.norm(cp.asnumpy(out) - ref.numpy()) / np.linalg.norm(ref.numpy()))
+        assert err < tol, f"UNet on the CuPy ops, {precision}: relative error {err:.2e} (tol {tol})"

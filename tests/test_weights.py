@@ -39,7 +39,9 @@ def test_round_trip_float32(model, saved):
     for key, value in state.items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
-    assert config["unet"] == model.config["unet"] and config["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
+    assert (
+        config["unet"] == model.config["unet"] and config["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
+    )
     assert config["vocab"][0] == "<pad>"
 
 
@@ -121,7 +123,9 @@ def test_wrong_shape(saved):
     tensors = load_file(str(saved))
     tensors["unet.conv_in.weight"] = np.zeros((32, 3, 5, 5), np.float32)
     _rewrite(saved, tensors)
-    with pytest.raises(weights.WeightsError, match=r"unet.conv_in.weight: \(32, 3, 5, 5\) instead of \(32, 3, 3, 3\)"):
+    with pytest.raises(
+        weights.WeightsError, match=r"unet.conv_in.weight: \(32, 3, 5, 5\) instead of \(32, 3, 3, 3\)"
+    ):
         weights.load(saved)
 
 
@@ -142,7 +146,11 @@ def test_nan_weights(saved):
 
 
 def test_config_that_is_not_minisd(saved):
-    meta = {"format": weights.FORMAT, "config": json.dumps({"unet": {}}), "vocab": json.dumps(weights_vocab())}
+    meta = {
+        "format": weights.FORMAT,
+        "config": json.dumps({"unet": {}}),
+        "vocab": json.dumps(weights_vocab()),
+    }
     _rewrite(saved, metadata=meta)
     with pytest.raises(weights.WeightsError, match="does not describe a minisd model"):
         weights.load(saved)

@@ -23,8 +23,10 @@ stream or a raw cudaStream_t), e.g. to capture them in a CUDA graph. Numba does 
 stream a CuPy/torch array was produced on: launch on that stream. The CuPy backend uses CuPy's current
 stream (``with stream:``).
 
-CuPy backend contract (minisd/ops/cupy_ops.py): the same function names with the public signatures minus
-``backend``, taking validated C-contiguous float32 CuPy arrays and returning CuPy arrays.
+Backend contract: numpy_ops, numba (plus ``out=``) and cupy_ops have the public functions with the public
+signatures minus ``backend`` (and ``scheduler_step(sample, eps, noise, coef, clip)`` for both scheduler
+steps, ``coef`` from ``step_coefficients``). This module has already validated the arrays and made them the
+backend's own C-contiguous float32 arrays; the backends return theirs.
 """
 
 import math
@@ -530,7 +532,7 @@ def _step(sample, eps, noise, coef, clip_sample, clip_range, backend):
     clip = float(clip_range) if clip_sample else None
     if clip is not None and clip <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
-    return call, (s, e, z, coef, clip)
+    return call.run("scheduler_step", s.shape, s, e, z, coef, clip)  # one fused kernel for DDIM and DDPM
 
 
 def ddim_step(
@@ -553,13 +555,7 @@ def ddim_step(
     if eta > 0 and noise is None:
         raise ValueError("ddim_step with eta > 0 needs noise (e.g. ops.randn(sample.shape, seed))")
     coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddim", eta)
-    call, args = _step(sample, eps, noise if eta > 0 else None, coef, clip_sample, clip_range, backend)
-    if call.backend == "cupy":
-        s, e, z = args[:3]
-        return call.run(
-            "ddim_step", None, s, e, alpha_prod_t, alpha_prod_t_prev, eta, z, clip_sample, clip_range
-        )
-    return call.run("scheduler_step", args[0].shape, *args)
+    return _step(sample, eps, noise if eta > 0 else None, coef, clip_sample, clip_range, backend)
 
 
 def ddpm_step(
@@ -571,11 +567,7 @@ def ddpm_step(
     at t = 0.
     """
     coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddpm")
-    call, args = _step(sample, eps, noise, coef, clip_sample, clip_range, backend)
-    if call.backend == "cupy":
-        s, e, z = args[:3]
-        return call.run("ddpm_step", None, s, e, alpha_prod_t, alpha_prod_t_prev, z, clip_sample, clip_range)
-    return call.run("scheduler_step", args[0].shape, *args)
+    return _step(sample, eps, noise, coef, clip_sample, clip_range, backend)
 
 
 def randn(shape, seed, backend=None, like=None):

@@ -24,7 +24,7 @@ CUDA_DIR = pathlib.Path(__file__).with_name("cuda")
 PRECISIONS = {"fp32": 0, "tf32": 1, "3xtf32": 3}  # the MODE template argument of gemm.cu
 DEFAULT_PRECISION = "3xtf32"
 GEMM_THREADS = 128  # THREADS in gemm.cu
-ATT_QUERIES = 16  # QT in attention.cu: queries per block
+ATT_THREADS = 128  # threads per attention block: 128 / SPLIT queries
 ROWS_PER_BLOCK = 8  # layer_norm / softmax: one warp per row, 256 threads
 NULL = np.uintp(0)  # a null pointer argument (optional bias, residual, noise)
 
@@ -40,14 +40,22 @@ def _module(files, options=(), names=()):
     return cp.RawModule(code=code, options=("-std=c++17", *options), name_expressions=names or None)
 
 
+@functools.cache
 def _kernel(files, name, options=(), template=False):
-    names = (name,) if template else ()
-    return _module(tuple(files), tuple(options), names).get_function(name)
+    """The compiled kernel ``name`` (a template instance such as "linear_kernel<32, 32, 3, 1>" when
+    ``template``): compiled on first use, one module per instance, so only the variants a model uses are
+    built. Cached, so later calls cost a dictionary lookup, not a compile."""
+    return _module(files, options, (name,) if template else ()).get_function(name)
 
 
 @functools.cache
 def _sm_count():
     return cp.cuda.Device().attributes["MultiProcessorCount"]
+
+
+@functools.cache
+def _compute_capability():
+    return int(cp.cuda.Device().compute_capability)  # "90" on an H100
 
 
 def _launch_1d(kernel, n, args, threads=256):
@@ -111,26 +119,29 @@ def _out(out, shape, what, inputs=()):
 
 
 def _precision(precision):
+    """The MODE of gemm.cu. TF32 tensor cores need compute capability 8.0 (Ampere); before it, FP32."""
     precision = DEFAULT_PRECISION if precision is None else precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
+    return PRECISIONS[precision] if _compute_capability() >= 80 else 0
 
 
 def _gemm_plan(rows, cols, k):
     """Block tile (bm, bn) and split-K factor ks for a rows x cols x k product.
 
-    The biggest tile that still gives every SM a block; if even the smallest leaves SMs idle (minisd's
-    matrices are small but deep), split K across a cluster of ks blocks (2, 4 or 8), keeping at least
-    two K steps of 16 per block so the split pays for its reduction."""
+    Among the tiles that give every SM a block, the one that wastes least on padding (a 64-row tile over
+    32 output channels computes 32 rows of zeros). If none does (minisd's matrices are small but deep),
+    the smallest tile, with K split across a cluster of ks = 2, 4 or 8 blocks (Hopper and newer), keeping
+    at least two K steps of 16 per block so the split pays for its reduction."""
     sms = _sm_count()
-    bm, bn = 32, 32
-    for tm, tn in ((64, 64), (64, 32), (32, 64)):
-        if -(-rows // tm) * -(-cols // tn) >= sms:
-            bm, bn = tm, tn
-            break
+
+    def padded(tile):
+        return -(-rows // tile[0]) * tile[0] * -(-cols // tile[1]) * tile[1]
+
+    full = [t for t in ((64, 64), (64, 32), (32, 64)) if -(-rows // t[0]) * -(-cols // t[1]) >= sms]
+    bm, bn = min(full, key=padded) if full else (32, 32)  # min keeps the first (largest) of equals
     tiles, steps, ks = -(-rows // bm) * -(-cols // bn), -(-k // 16), 1
-    while ks < 8 and tiles * ks < sms and steps // (2 * ks) >= 2:
+    while _compute_capability() >= 90 and ks < 8 and tiles * ks < sms and steps // (2 * ks) >= 2:
         ks *= 2
     return bm, bn, ks
 
@@ -209,6 +220,11 @@ def linear(x, weight, bias=None, *, residual=None, out=None, precision=None):
 # Attention (attention.cu)
 
 
+def _attention_split(b, h, lq):
+    """Threads per query: 8, or 16 (half the keys each, twice the blocks) when 8 would leave SMs idle."""
+    return 16 if b * h * -(-lq // (ATT_THREADS // 8)) < _sm_count() else 8
+
+
 def attention(q, k, v, heads=None, scale=None, *, out=None):
     """softmax(q k^T * scale) v, fused. 4-D (B, H, Lq, D) with k, v (B, H, Lk, D); or 3-D (B, L, H*D) with
     ``heads=H``: the kernel reads the heads in place through strides, so no transposes either way."""
@@ -248,10 +264,15 @@ def attention(q, k, v, heads=None, scale=None, *, out=None):
     if lk == 0:
         raise ValueError("attention: k and v have no keys (Lk = 0)")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    kernel = _kernel(("attention.cu",), f"attention_kernel<{32 if d <= 32 else 64}>", template=True)
-    grid = (-(-lq // ATT_QUERIES), h, b)
+    split = _attention_split(b, h, lq)
+    kernel = _kernel(("attention.cu",), f"attention_kernel<{32 if d <= 32 else 64}, {split}>", template=True)
+    grid = (-(-lq // (ATT_THREADS // split)), h, b)
     strides = tuple(np.int64(s) for s in (*sq, *sk, *sq))
-    kernel(grid, (128,), (q, k, v, out, *_i32(lq, lk, d), *strides, np.float32(scale * math.log2(math.e))))
+    kernel(
+        grid,
+        (ATT_THREADS,),
+        (q, k, v, out, *_i32(lq, lk, d), *strides, np.float32(scale * math.log2(math.e))),
+    )
     return out
 
 
@@ -517,21 +538,13 @@ def ddim_step(
 ):
     """DDIM (diffusers' DDIMScheduler.step, epsilon prediction):
     prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std noise, std = eta sqrt(var)."""
-    at, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
-    std = eta * math.sqrt((1 - ap) / (1 - at) * (1 - at / ap))
+    from minisd.ops import step_coefficients  # the host-side formulas every backend shares
+
     if eta > 0 and noise is None:
         raise ValueError("ddim_step: eta > 0 needs noise (e.g. randn(sample.shape, seed))")
-    coef = {
-        "sqrt_beta": math.sqrt(1 - at),
-        "inv_sqrt_alpha": 1 / math.sqrt(at),
-        "c_x0": math.sqrt(ap),
-        "c_eps": math.sqrt(max(1 - ap - std**2, 0.0)),
-        "c_sample": 0.0,
-        "c_noise": std,
-    }
-    return scheduler_step(
-        sample, eps, noise if eta > 0 else None, coef, clip_range if clip_sample else None, out=out
-    )
+    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddim", eta)
+    clip = clip_range if clip_sample else None
+    return scheduler_step(sample, eps, noise if eta > 0 else None, coef, clip, out=out)
 
 
 def ddpm_step(
@@ -539,16 +552,9 @@ def ddpm_step(
 ):
     """DDPM (diffusers' DDPMScheduler.step, epsilon, fixed_small variance): the posterior mean of x_{t-1}
     from x0 and x_t, plus std * noise. Pass noise=None on the last step (t = 0)."""
-    at, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
-    current_alpha = at / ap
-    coef = {
-        "sqrt_beta": math.sqrt(1 - at),
-        "inv_sqrt_alpha": 1 / math.sqrt(at),
-        "c_x0": math.sqrt(ap) * (1 - current_alpha) / (1 - at),
-        "c_eps": 0.0,
-        "c_sample": math.sqrt(current_alpha) * (1 - ap) / (1 - at),
-        "c_noise": math.sqrt(max((1 - ap) / (1 - at) * (1 - current_alpha), 1e-20)),
-    }
+    from minisd.ops import step_coefficients
+
+    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddpm")
     return scheduler_step(sample, eps, noise, coef, clip_range if clip_sample else None, out=out)
 
 

@@ -261,7 +261,9 @@ CASES = {
         lambda rng, full: ({"seed": int(rng.integers(0, 2**63))}, (_pick(full, 1 << 20, 301),)),
         lambda f, i, out: f(i["seed"], out),
         lambda i: torch.from_numpy(minisd_rng.normal_numpy(i["out_shape"][0], i["seed"]).astype(np.float64)),
-        tol=0.0,  # the same generator: bit for bit
+        # The same generator: bit for bit in practice. 1e-7 admits a last-bit float32 difference should a
+        # GPU's float64 log/cos differ from numpy's by an ulp (~1e-8 per value), and nothing else.
+        tol=1e-7,
     ),
 }
 

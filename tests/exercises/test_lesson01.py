@@ -34,11 +34,9 @@ def launch(kernel, blocks, threads, out_shape, *args):
     NaN padding around the output, which is checked.
     """
     # room for every index the launch can produce on any axis, so a stray access stays inside a buffer
-    pad = 8 + max(b * t for b, t in zip(np.atleast_1d(blocks), np.atleast_1d(threads), strict=True))
-    out_buf, out = _padded(poison(out_shape), int(pad))
-    device_args = [
-        out if a is OUT else _padded(a, int(pad))[1] if isinstance(a, np.ndarray) else a for a in args
-    ]
+    pad = 8 + int(max(b * t for b, t in zip(np.atleast_1d(blocks), np.atleast_1d(threads), strict=True)))
+    out_buf, out = _padded(poison(out_shape), pad)
+    device_args = [out if a is OUT else _padded(a, pad)[1] if isinstance(a, np.ndarray) else a for a in args]
     config = f"{blocks} blocks x {threads} threads for output shape {out_shape}"
     try:
         kernel[blocks, threads](*device_args)
@@ -58,7 +56,7 @@ def launch(kernel, blocks, threads, out_shape, *args):
 
 
 def _odd(low, high):
-    return int(rng.integers(low, high)) | 1  # odd: never a multiple of a block size
+    return int(rng.integers(low, high)) | 1  # odd: never a multiple of an even block size
 
 
 def _image(h, w):

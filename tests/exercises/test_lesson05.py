@@ -35,7 +35,9 @@ def _run(source, name, grid, block, args, out_index, out_size, out_dtype=np.floa
     return host[:out_size]
 
 
-@pytest.mark.exercise("05.1", hint="for (int i = blockIdx.x*blockDim.x + threadIdx.x; i < n; i += gridDim.x*blockDim.x)")
+@pytest.mark.exercise(
+    "05.1", hint="for (int i = blockIdx.x*blockDim.x + threadIdx.x; i < n; i += gridDim.x*blockDim.x)"
+)
 @pytest.mark.parametrize("blocks", [3, 40])
 def test_saxpy_grid_stride(blocks):
     n = int(rng.integers(1000, 2000)) | 1
@@ -46,8 +48,11 @@ def test_saxpy_grid_stride(blocks):
     assert_close(out, ref, rtol=1e-5, atol=1e-5, what=f"saxpy on {blocks} blocks of 64 threads, n={n}")
 
 
-@pytest.mark.exercise("05.2", hint="Read in[r*cols+c] into tile[ty][tx], __syncthreads(), write tile[tx][ty] to "
-                      "out[(bx*TILE+ty)*rows + by*TILE+tx]; guard both with the right bounds.")
+@pytest.mark.exercise(
+    "05.2",
+    hint="Read in[r*cols+c] into tile[ty][tx], __syncthreads(), write tile[tx][ty] to "
+    "out[(bx*TILE+ty)*rows + by*TILE+tx]; guard both with the right bounds.",
+)
 @pytest.mark.parametrize("shape", [(37, 53), (16, 45), (50, 9)])
 def test_transpose_tiled(shape):
     rows, cols = shape
@@ -55,11 +60,16 @@ def test_transpose_tiled(shape):
     grid = (cuda_cpu.blocks(cols, ex.TILE), cuda_cpu.blocks(rows, ex.TILE))
     args = (x.reshape(-1), None, np.int32(rows), np.int32(cols))
     out = _run(ex.TRANSPOSE, "transpose", grid, (ex.TILE, ex.TILE), args, 1, rows * cols)
-    assert_close(out.reshape(cols, rows), torch.from_numpy(x).T.numpy(), what=f"transpose of a {rows}x{cols} matrix")
+    assert_close(
+        out.reshape(cols, rows), torch.from_numpy(x).T.numpy(), what=f"transpose of a {rows}x{cols} matrix"
+    )
 
 
-@pytest.mark.exercise("05.3", hint="Sum a grid-stride loop into a register, store it in partial[threadIdx.x], then "
-                      "halve stride with __syncthreads() after each step; thread 0 does atomicAdd(total, partial[0]).")
+@pytest.mark.exercise(
+    "05.3",
+    hint="Sum a grid-stride loop into a register, store it in partial[threadIdx.x], then "
+    "halve stride with __syncthreads() after each step; thread 0 does atomicAdd(total, partial[0]).",
+)
 @pytest.mark.parametrize("blocks", [1, 7])
 def test_block_sum(blocks):
     n = int(rng.integers(3000, 5000)) | 1
@@ -82,11 +92,21 @@ def test_scale_to_half_rounds_to_nearest():
     mags = 10.0 ** rng.uniform(-9, 5.5, n)  # subnormal halves, normal ones and overflow to inf
     x = (rng.choice([-1.0, 1.0], n) * mags).astype(np.float32)
     s = np.float32(rng.uniform(0.5, 2.0))
-    out = _run(ex.SCALE_TO_HALF, "scale_to_half", (cuda_cpu.blocks(n, 128),), (128,), (x, s, None, np.int32(n)),
-               2, n, np.float16)
+    out = _run(
+        ex.SCALE_TO_HALF,
+        "scale_to_half",
+        (cuda_cpu.blocks(n, 128),),
+        (128,),
+        (x, s, None, np.int32(n)),
+        2,
+        n,
+        np.float16,
+    )
     ref = (torch.from_numpy(x) * float(s)).half().numpy()  # float32 product, then torch's own rounding
     written = ~np.isnan(out)
-    assert written.all(), f"{int((~written).sum())} of {n} halves were never written, first at {np.argmin(written)}"
+    assert written.all(), (
+        f"{int((~written).sum())} of {n} halves were never written, first at {np.argmin(written)}"
+    )
     bad = out.view(np.uint16) != ref.view(np.uint16)
     assert not bad.any(), (
         f"{int(bad.sum())} of {n} halves differ from round-to-nearest, first x[{np.argmax(bad)}]="

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import minisd.mode  # noqa: F401  (before numba.cuda)
-from course.grading import assert_close, load, poison
+
+# isort: split
 from numba import cuda
+
+from course.grading import assert_close, load, poison
 
 ex = load("lesson06")
 rng = np.random.default_rng()
@@ -38,8 +41,11 @@ def _ids(cases):
     return ["N{}C{}_{}x{}_O{}_k{}x{}_s{}_p{}".format(*c) for c in cases]
 
 
-@pytest.mark.exercise("06.1", hint="Decode i into (n, o, oy, ox) with ox fastest; iy = oy*sh - ph + ky; skip iy/ix "
-                      "outside the image; start the sum at b[o].")
+@pytest.mark.exercise(
+    "06.1",
+    hint="Decode i into (n, o, oy, ox) with ox fastest; iy = oy*sh - ph + ky; skip iy/ix "
+    "outside the image; start the sum at b[o].",
+)
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_conv2d_kernel(case):
     N, C, H, W, O, kh, kw, s, p = case
@@ -47,12 +53,17 @@ def test_conv2d_kernel(case):
     OH, OW = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
     out = cuda.to_device(poison((N, O, OH, OW)))
     total = out.size
-    ex.conv2d_kernel[(total + 63) // 64, 64](cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), out, s, s, p, p)
+    ex.conv2d_kernel[(total + 63) // 64, 64](
+        cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), out, s, s, p, p
+    )
     assert_close(out.copy_to_host(), _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d {case}")
 
 
-@pytest.mark.exercise("06.2", hint="row = (c*KH + ky)*KW + kx, col = oy*OW + ox; write 0.0 where the input position "
-                      "falls in the padding.")
+@pytest.mark.exercise(
+    "06.2",
+    hint="row = (c*KH + ky)*KW + kx, col = oy*OW + ox; write 0.0 where the input position "
+    "falls in the padding.",
+)
 @pytest.mark.parametrize("case", CASES[:3], ids=_ids(CASES[:3]))
 def test_im2col_matches_unfold(case):
     N, C, H, W, O, kh, kw, s, p = case
@@ -64,8 +75,11 @@ def test_im2col_matches_unfold(case):
     assert_close(cols.copy_to_host(), ref, what=f"im2col {case}")
 
 
-@pytest.mark.exercise("06.3", hint="OH = out_size(H, kh, sh, ph); allocate out (N, O, OH, OW); launch conv2d_kernel "
-                      "over out.size threads; bias=None means zeros.")
+@pytest.mark.exercise(
+    "06.3",
+    hint="OH = out_size(H, kh, sh, ph); allocate out (N, O, OH, OW); launch conv2d_kernel "
+    "over out.size threads; bias=None means zeros.",
+)
 @pytest.mark.parametrize("case", CASES[:2], ids=_ids(CASES[:2]))
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv2d_host(case, with_bias):

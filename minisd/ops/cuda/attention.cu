@@ -1,12 +1,14 @@
 // attention.cu: fused scaled-dot-product attention, flash style: softmax(q k^T * scale) v without ever
 // writing the Lq x Lk score matrix to memory.
 //
-// One block = QT = 16 queries of one (batch, head). 128 threads: SPLIT = 8 threads share each query, and
-// thread `part` handles keys part, part + 8, part + 16, ... of every K/V tile. Each thread keeps an
-// "online softmax" for its keys: a running max m, a running sum l = sum exp(s - m) and an output row
-// acc = sum exp(s - m) v, rescaled by exp(m_old - m_new) whenever the max grows. At the end the 8 partial
-// results of a query (8 adjacent lanes of one warp) are merged with warp shuffles, the same rescaling
-// once more. K/V tiles of KT = 64 keys are staged in shared memory and read by all 16 queries.
+// One block = QT = 128 / SPLIT queries of one (batch, head). SPLIT threads (8 or 16) share each query, and
+// thread `part` handles keys part, part + SPLIT, part + 2 SPLIT, ... of every K/V tile. Each thread keeps
+// an "online softmax" for its keys: a running max m, a running sum l = sum exp(s - m) and an output row
+// acc = sum exp(s - m) v, rescaled by exp(m_old - m_new) whenever the max grows. At the end the SPLIT
+// partial results of a query (adjacent lanes of one warp) are merged with warp shuffles, the same
+// rescaling once more. K/V tiles of KT = 64 keys are staged in shared memory and read by all QT queries.
+// SPLIT = 16 halves each thread's serial work and doubles the blocks: the host picks it when SPLIT = 8
+// would leave SMs idle (minisd's attention has only B * heads * Lq / 16 = 64 blocks of work at 16x16).
 //
 // Layout: element strides are arguments (batch, head, row; the head dim is contiguous; v has k's), so
 // one kernel reads both (B, H, L, D) and (B, L, H*D) tensors: no transposes around it.
@@ -14,20 +16,19 @@
 
 #define NEG_INF __int_as_float(0xff800000)  // -inf (NVRTC has no math.h, so no INFINITY)
 #define ATT_THREADS 128
-#define SPLIT 8
-#define QT (ATT_THREADS / SPLIT)
 #define KT 64
 
 // DP: head_dim rounded up to 32 or 64 (registers need a compile-time size); lanes d >= D hold zeros.
-template <int DP>
+template <int DP, int SPLIT>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                      float* __restrict__ out, int Lq, int Lk, int D, long long sq_b, long long sq_h,
                      long long sq_l, long long sk_b, long long sk_h, long long sk_l, long long so_b, long long so_h,
                      long long so_l, float scale_log2e)
 {
-    // +1 column: the 8 threads of a query read 8 different key rows at once; the odd row pitch puts
-    // them in 8 different banks.
+    constexpr int QT = ATT_THREADS / SPLIT;
+    // +1 column: the SPLIT threads of a query read SPLIT different key rows at once; the odd row pitch
+    // puts them in different banks.
     __shared__ float ks[KT][DP + 1];
     __shared__ float vs[KT][DP + 1];
 
@@ -102,6 +103,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
         float a = acc[d] * w;
 #pragma unroll
         for (int off = SPLIT / 2; off > 0; off /= 2) a += __shfl_xor_sync(0xffffffffu, a, off);
-        if (active && d < D && d % SPLIT == part) op[d] = a * inv_l;  // the 8 threads share the stores
+        if (active && d < D && d % SPLIT == part) op[d] = a * inv_l;  // the SPLIT threads share the stores
     }
 }

@@ -48,7 +48,7 @@ struct ConvLoader {
 
 // Grid (pixel tiles, channel tiles, KS).
 template <int BM, int BN, int MODE, int KS, int KSIZE>
-__global__ void __cluster_dims__(1, 1, KS) __launch_bounds__(THREADS)
+__global__ void CLUSTER_DIMS(KS) __launch_bounds__(THREADS)
     conv2d_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                   const float* __restrict__ residual, float* __restrict__ out, int N, int C, int H, int W, int O,
                   int KH, int KW, int stride, int pad, int Ho, int Wo)

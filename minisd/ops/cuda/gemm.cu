@@ -24,22 +24,34 @@ struct Stage {
     float b[BK][BN + 8];
 };
 
+// TF32 tensor cores need sm_80 (Ampere) or newer. The host never picks MODE 1 or 3 on older GPUs; the
+// guards only let this file compile there (with the FP32 path).
+#if __CUDA_ARCH__ >= 800
+#define HAS_TF32_MMA 1
+#endif
+
 // Round a float to TF32 (round to nearest, ties away) and return its bits, as mma.sync wants them.
 __device__ __forceinline__ unsigned to_tf32(float x)
 {
-    unsigned r;
+    unsigned r = __float_as_uint(x);
+#ifdef HAS_TF32_MMA
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+#endif
     return r;
 }
 
 // d += a * b for one 16x8 (m x n) by 8 (k) tile, one warp, float32 accumulate.
 __device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, const unsigned* b)
 {
+#ifdef HAS_TF32_MMA
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
 }
 
 // Split x into TF32 big + small (3xTF32). small carries the 13 mantissa bits that big drops.
@@ -181,6 +193,11 @@ __device__ __forceinline__ void gemm_mainloop(const Loader& ld, int t0, int t1, 
 // writes its partial tile to its own shared memory, and after a cluster barrier every block adds up one
 // KS-th of the tile from all KS shared memories (distributed shared memory), always in rank order:
 // deterministic, no atomics, no workspace in global memory, one launch.
+// Clusters need sm_90 (Hopper) or newer; the host splits K only there (KS > 1), so older GPUs compile the
+// kernels without the cluster attribute and never reach these helpers.
+#if __CUDA_ARCH__ >= 900
+#define CLUSTER_DIMS(ks) __cluster_dims__(1, 1, ks)
+
 __device__ __forceinline__ void cluster_sync()
 {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
@@ -202,6 +219,12 @@ __device__ __forceinline__ float load_from_block(const float* p, unsigned rank)
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
     return v;
 }
+#else
+#define CLUSTER_DIMS(ks)
+__device__ __forceinline__ void cluster_sync() { __trap(); }
+__device__ __forceinline__ unsigned cluster_rank() { return 0; }
+__device__ __forceinline__ float load_from_block(const float* p, unsigned) { return *p; }
+#endif
 
 // The whole tile product: K loop (split KS ways across the cluster) and the reduction; store(m, n, value)
 // then writes each finished tile element (tile coordinates) exactly once.
@@ -266,7 +289,7 @@ struct LinearLoader {
 
 // Grid (row tiles, feature tiles, KS): rows (tokens, possibly many) on x, which allows 2^31 - 1 blocks.
 template <int BM, int BN, int MODE, int KS>
-__global__ void __cluster_dims__(1, 1, KS) __launch_bounds__(THREADS)
+__global__ void CLUSTER_DIMS(KS) __launch_bounds__(THREADS)
     linear_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                   const float* __restrict__ residual, float* __restrict__ out, int M, int N, int K)
 {

@@ -7,8 +7,12 @@ v2  a block computes a TILE x TILE patch of one output channel; for each input c
 v3  v2 plus register blocking: each thread computes OB output channels of its pixel, so every input value
     loaded from shared memory feeds OB multiply-adds from registers (and the x tile is loaded once per
     OB channels, not once per channel).
+v4  implicit GEMM: the convolution IS a matrix product out[pixel, o] = sum_k cols[pixel, k] * w[o, k] with
+    k = (c, ky, kx), so v4 runs linear.py's register-blocked tiling on it, building each BK-slice of the
+    im2col matrix in shared memory on the fly (never in global memory). Each thread computes 4 pixels x 2
+    channels; consecutive threads own consecutive pixels, so reads of x and writes of out are coalesced.
 v2/v3 need the staged patch to fit the static shared arrays (stride <= 2 and kernels up to 5x5 with
-these sizes); other shapes fall back to v1.
+these sizes); other shapes fall back to v1. v4 takes any kernel size and stride.
 """
 
 from numba import cuda, float32
@@ -19,6 +23,9 @@ TILE = 8  # output patch per block (TILE x TILE threads); 8 suits the 8-32 px im
 SH = 24  # staged input patch side: (TILE - 1) * stride + k <= SH
 WMAX = 25  # filter taps kh*kw <= WMAX
 OB = 4  # output channels per thread in v3
+BP, BO, BK = 64, 32, 16  # v4 block tile: pixels x output channels, and the K-slice staged per step
+RP, RO = BP // 16, BO // 16  # v4 outputs per thread (16x16 threads)
+BPP, BOP = BP + 1, BO + 1  # padded shared rows (shared array shapes must be plain constants)
 
 
 @cuda.jit
@@ -163,4 +170,72 @@ def conv2d_v3(x, w, b, out, stride, padding):
     _conv2d_v3[grid, (TILE, TILE), get_stream()](x, w, b, out, stride, padding)
 
 
-VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3}}
+@cuda.jit
+def _conv2d_v4(x, w, b, out, stride, padding):
+    cols = cuda.shared.array((BK, BPP), float32)  # im2col slice: cols[k, pixel]
+    taps = cuda.shared.array((BK, BOP), float32)  # weight slice: taps[k, o]
+    acc = cuda.local.array((RP, RO), float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    n_, o_, ho, wo = out.shape
+    c_, h, w_ = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    npix = n_ * ho * wo
+    k_ = c_ * kh * kw
+    p0 = cuda.blockIdx.x * BP
+    o0 = cuda.blockIdx.y * BO
+    for i in range(RP):
+        for j in range(RO):
+            acc[i, j] = 0.0
+    for k0 in range(0, k_, BK):
+        for e in range(tid, BP * BK, 256):  # consecutive threads -> consecutive pixels: coalesced x reads
+            r = e % BP
+            kk = e // BP
+            p = p0 + r
+            k = k0 + kk
+            v = float32(0.0)
+            if p < npix and k < k_:
+                ox = p % wo
+                oy = (p // wo) % ho
+                c = k // (kh * kw)
+                iy = oy * stride - padding + (k // kw) % kh
+                ix = ox * stride - padding + k % kw
+                if 0 <= iy < h and 0 <= ix < w_:
+                    v = x[p // (wo * ho), c, iy, ix]
+            cols[kk, r] = v
+        for e in range(tid, BO * BK, 256):  # consecutive threads -> consecutive k of one filter
+            kk = e % BK
+            o = o0 + e // BK
+            k = k0 + kk
+            v = float32(0.0)
+            if o < o_ and k < k_:
+                v = w[o, k // (kh * kw), (k // kw) % kh, k % kw]
+            taps[kk, e // BK] = v
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(RP):
+                for j in range(RO):
+                    acc[i, j] += cols[kk, tx + 16 * i] * taps[kk, ty + 16 * j]
+        cuda.syncthreads()
+    for i in range(RP):
+        p = p0 + tx + 16 * i
+        if p < npix:
+            ox = p % wo
+            oy = (p // wo) % ho
+            n = p // (wo * ho)
+            for j in range(RO):
+                o = o0 + ty + 16 * j
+                if o < o_:
+                    r = acc[i, j]
+                    if b is not None:
+                        r += b[o]
+                    out[n, o, oy, ox] = r
+
+
+def conv2d_v4(x, w, b, out, stride, padding):
+    n, o, ho, wo = out.shape
+    grid = (cdiv(n * ho * wo, BP), cdiv(o, BO))
+    _conv2d_v4[grid, (16, 16), get_stream()](x, w, b, out, stride, padding)
+
+
+VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4}}
