@@ -42,7 +42,7 @@ def attention_row_kernel(q, k, v, out, scale):
                        s = s * alpha + p;   acc[:] = acc[:] * alpha + p * v[bh, j, :];  m = m_new
       finally out[bh, i, :] = acc / s
     acc is a per-thread array: cuda.local.array(DMAX, float32) (only the first Dv entries are used; Dv = v.shape[2]
-    may differ from D = q.shape[2]). Start with m = -inf, s = 0, acc = 0.
+    may differ from D = q.shape[2]). Start with m = float32(-inf), s = 0, acc = 0 (float32 everywhere: float64 is slow on GPUs).
     """
     r = cuda.grid(1)
     # TODO

@@ -18,6 +18,7 @@ Markdown table.
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -148,6 +149,9 @@ def torch_case(state, config, compile_mode=None):
 
     torch.backends.cudnn.allow_tf32 = False  # float32 accuracy, like minisd's 3xtf32 products
     torch.backends.cuda.matmul.allow_tf32 = False
+    if compile_mode:
+        torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per batch size, as minisd
+        torch._dynamo.config.cache_size_limit = 64
     sampler = TorchSampler(state, config, "cuda", compile_mode)
 
     def run(batch, steps, guidance):
@@ -157,25 +161,27 @@ def torch_case(state, config, compile_mode=None):
 
 
 def contenders():
-    """name -> (description, maker of (run, warmups)); only those this machine can run."""
+    """name -> (description, maker of (run, warmups)), most important first; only what this machine can run."""
     table = {}
     if mode.has_cupy():
         table["minisd-cupy-graphs"] = (
             "minisd, CuPy kernels, CUDA graphs",
             lambda s, c: minisd_case(s, c, "cupy"),
         )
-        table["minisd-cupy-eager"] = (
-            "minisd, CuPy kernels, eager",
-            lambda s, c: minisd_case(s, c, "cupy", False),
-        )
     if mode.ON_GPU:
-        table["minisd-numba"] = ("minisd, Numba kernels, eager", lambda s, c: minisd_case(s, c, "numba"))
         table["torch-eager"] = ("PyTorch eager (fp32)", lambda s, c: torch_case(s, c))
         table["torch-compile"] = (
             'torch.compile(mode="reduce-overhead") (fp32)',
             lambda s, c: torch_case(s, c, "reduce-overhead"),
         )
     table["minisd-numpy"] = ("minisd, numpy on the CPU", lambda s, c: minisd_case(s, c, "numpy"))
+    if mode.ON_GPU:
+        table["minisd-numba"] = ("minisd, Numba kernels, eager", lambda s, c: minisd_case(s, c, "numba"))
+    if mode.has_cupy():
+        table["minisd-cupy-eager"] = (
+            "minisd, CuPy kernels, eager",
+            lambda s, c: minisd_case(s, c, "cupy", False),
+        )
     return table
 
 
@@ -289,6 +295,8 @@ def main(argv=None):
         raise SystemExit(f"error: cannot run {unknown} here; available: {', '.join(available)}")
     gpu = mode.gpu_name() or "cpu"
     print(f"minisd bench on {gpu}: {args.steps} DDIM steps, guidance {args.guidance}, weights {weights_kind}")
+    out = Path(args.out or Path("benchmarks") / f"{slug(gpu)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in chosen:
         try:
@@ -296,11 +304,20 @@ def main(argv=None):
         except Exception as err:  # one contender failing (e.g. torch.compile) must not lose the others
             results[name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"  {name}: FAILED {results[name]['error']}")
+        report = make_report(gpu, args, weights_kind, {n: available[n][0] for n in results}, results)
+        out.write_text(json.dumps(report, indent=2) + "\n")  # after each contender: a timeout keeps the rest
+    print()
+    print(markdown(report))
+    print(f"\nwrote {out}")
+    return report
+
+
+def make_report(gpu, args, weights_kind, descriptions, results):
     r = ratios(results)
-    report = {
+    return {
         "gpu": gpu,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
+        "host": {"python": platform.python_version(), "cpu_count": os.cpu_count()},
         "settings": {
             "batches": args.batches,
             "steps": args.steps,
@@ -309,19 +326,12 @@ def main(argv=None):
             "repeats": args.repeats,
             "weights": weights_kind,
         },
-        "descriptions": {name: available[name][0] for name in chosen},
+        "descriptions": descriptions,
         "results": results,
         "ratios": r,
         "targets": TARGETS,
         "targets_met": check_targets(r),
     }
-    out = Path(args.out or Path("benchmarks") / f"{slug(gpu)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print()
-    print(markdown(report))
-    print(f"\nwrote {out}")
-    return report
 
 
 if __name__ == "__main__":

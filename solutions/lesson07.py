@@ -37,7 +37,7 @@ def softmax_kernel(x, out):
     if row >= x.shape[0]:
         return
     D = x.shape[1]
-    m = -math.inf
+    m = float32(-math.inf)  # float32 throughout: no slow float64 on the GPU
     s = float32(0.0)
     for j in range(lane, D, WARP):  # one pass: running max m and sum s of exp(x - m)
         v = x[row, j]

@@ -43,7 +43,7 @@ def attention_row_kernel(q, k, v, out, scale):
     acc = cuda.local.array(DMAX, float32)
     for d in range(Dv):
         acc[d] = 0.0
-    m = -math.inf
+    m = float32(-math.inf)  # float32 throughout: no slow float64 on the GPU
     s = float32(0.0)
     for j in range(Lk):
         x = float32(0.0)

@@ -313,6 +313,26 @@ def test_cuda_graph_replay_is_fast(small_weights):
     assert seconds < 0.25, f"25 graphed steps at batch 1 took {seconds * 1e3:.0f} ms"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not mode.has_cupy(), reason="needs a GPU with CuPy")
+def test_schedulers_keep_cupy_arrays_on_the_device():
+    """minisd.schedulers on CuPy arrays = on numpy arrays (which test_schedulers checks against diffusers)."""
+    import cupy
+
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    scheduler.set_timesteps(5)
+    rng = np.random.default_rng(0)
+    model_output, sample = (rng.standard_normal((2, 3, 5, 7)).astype(np.float32) for _ in range(2))
+    t = scheduler.timesteps[1]
+    got = scheduler.step(cupy.asarray(model_output), t, cupy.asarray(sample)).prev_sample
+    assert isinstance(got, cupy.ndarray)
+    assert_close(cupy.asnumpy(got), scheduler.step(model_output, t, sample).prev_sample, "cupy step", 1e-5)
+    noisy = scheduler.add_noise(cupy.asarray(model_output), cupy.asarray(sample), cupy.asarray([3, 700]))
+    assert isinstance(noisy, cupy.ndarray)
+    want = scheduler.add_noise(model_output, sample, np.array([3, 700]))
+    assert_close(cupy.asnumpy(noisy), want, "cupy add_noise", 1e-6)
+
+
 def test_vocab_in_one_hot():
     ids = tokenize(["a red circle on a blue background"])
     one_hot = forward.one_hot_tokens(ids, len(VOCAB))

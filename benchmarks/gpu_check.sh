@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
+#   bash benchmarks/gpu_check.sh tests|sanitizer|notebooks|bench ...   (logs go to $OUT, default ./gpu-out)
+# Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT/logs"
+export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0
+log() { echo "== $* ($(date +%T))"; }
+
+part_tests() {
+  log "info"; python -m minisd info | tee "$OUT/logs/info.txt"
+  log "graded exercises on the GPU (solutions)"
+  timeout 240 python -m pytest tests/exercises --solutions -q -p no:cacheprovider 2>&1 | tail -40 > "$OUT/logs/exercises_gpu.txt"
+  tail -3 "$OUT/logs/exercises_gpu.txt"
+  log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
+  timeout 420 python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
+    --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -60 > "$OUT/logs/tests_gpu.txt"
+  tail -5 "$OUT/logs/tests_gpu.txt"
+}
+
+part_sanitizer() {
+  for tool in memcheck racecheck; do
+    log "compute-sanitizer $tool"
+    timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      python -m minisd.ops.dev --small 2>&1 | tail -40 > "$OUT/logs/sanitizer_$tool.txt"
+    echo "exit: ${PIPESTATUS[0]}" >> "$OUT/logs/sanitizer_$tool.txt"; tail -4 "$OUT/logs/sanitizer_$tool.txt"
+  done
+}
+
+part_notebooks() {
+  mkdir -p "$OUT/notebooks"
+  for nb in notebooks/*.ipynb; do
+    log "notebook $nb"
+    (cd notebooks && COURSE_RECORD=1 timeout 300 jupyter nbconvert --to notebook --execute "$(basename "$nb")" \
+      --ExecutePreprocessor.timeout=240 --output "$PWD/../$OUT/notebooks/$(basename "$nb")") > "$OUT/logs/nb_$(basename "$nb" .ipynb).txt" 2>&1
+    echo "exit $?"
+  done
+}
+
+part_bench() {
+  log "ops: every Numba kernel version checked and timed"; timeout 240 python -m minisd.ops.dev > "$OUT/logs/ops_numba.txt" 2>&1; tail -30 "$OUT/logs/ops_numba.txt"
+  log "ops: CuPy kernels checked and timed"; timeout 240 python -m minisd.ops.cupy_dev > "$OUT/logs/ops_cupy.txt" 2>&1; tail -30 "$OUT/logs/ops_cupy.txt"
+  log "minisd bench"; timeout 400 python -m minisd bench 2>&1 | tail -40 | tee "$OUT/logs/bench.txt"
+  log "minisd eval"; timeout 300 python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
+  cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
+}
+
+for part in "$@"; do "part_$part"; done
+tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"
