@@ -13,9 +13,10 @@ and launched through ctypes on numpy arrays::
     }''', "add")
     add((cuda_cpu.blocks(n, 256),), (256,), (x, y, out, np.int32(n)))   # x, y, out: cuda_cpu.xp arrays
 
-How the CPU runs a launch: blocks one after another; when the kernel synchronises (``__syncthreads``, shared
-memory, warp shuffles) every CUDA thread of the block is an OS thread and ``__syncthreads()`` is a barrier,
-otherwise the threads of a block simply run in turn and blocks are spread over the cores. Every array travels
+How the CPU runs a launch: when the kernel synchronises (``__syncthreads``, shared memory, warp shuffles),
+blocks run one after another and every CUDA thread of a block is a fiber (a ucontext with its own stack) on
+one OS thread; ``__syncthreads()`` hands control back to a scheduler that resumes the block's threads once all
+of them have arrived. Otherwise the threads of a block simply run in turn and blocks are spread over the cores. Every array travels
 with guard zones on both sides, so a missing bounds check is reported as an error instead of corrupting memory,
 and each argument is checked against the kernel's parameter types (CuPy would silently reinterpret the bytes).
 Tensor cores (``nvcuda::wmma``) have no CPU stand-in: such code raises ``NeedsGPU``.
@@ -85,6 +86,16 @@ def RawKernel(code, name, options=(), **kwargs):  # noqa: N802  (named like cupy
     return CpuRawKernel(code, name, options)
 
 
+def global_array(module, name, shape, dtype=np.float32):
+    """An array viewing the module's ``__constant__`` array ``name``: fill it (``a[...] = w``) before a launch.
+
+    On a GPU it wraps ``module.get_global(name)`` (constant memory); on the CPU, the array in the compiled code.
+    """
+    if isinstance(module, CpuRawModule):
+        return module.get_global_array(name, shape, dtype)
+    return xp.ndarray(shape, dtype, memptr=module.get_global(name))
+
+
 def RawModule(code, options=(), name_expressions=None, **kwargs):  # noqa: N802
     """``cupy.RawModule`` on a GPU; otherwise a CPU module with the same ``get_function``."""
     if ON_GPU:
@@ -97,17 +108,20 @@ def RawModule(code, options=(), name_expressions=None, **kwargs):  # noqa: N802
 # ----------------------------------------------------------------------------------------------------------
 SHIM = r"""
 #include <algorithm>
+#include <cassert>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <optional>
+#include <cstdlib>
+#include <functional>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <ucontext.h>
 
 #define __global__
 #define __device__
@@ -129,29 +143,35 @@ thread_local uint3 threadIdx, blockIdx;
 thread_local dim3 blockDim, gridDim;
 static constexpr int warpSize = 32;
 
+// When threads synchronise, every CUDA thread of the block is a fiber (ucontext) on one OS thread:
+// __syncthreads() and warp operations hand control back to a scheduler, which resumes the waiting threads
+// once every thread that has not returned has arrived (threads that returned no longer count, as on a GPU).
 namespace cuda_cpu {
-thread_local std::barrier<>* block_barrier = nullptr;   // __syncthreads() of this thread's block
-thread_local std::barrier<>* warp_barrier = nullptr;    // __syncwarp() / shuffles of this thread's warp
+enum Wait { READY, AT_BLOCK, AT_WARP, DONE };
+struct Fiber { ucontext_t ctx; int wait; };
+thread_local ucontext_t scheduler;
+thread_local Fiber* current = nullptr;                   // the running fiber; null when threads need no sync
 thread_local unsigned long long* warp_slots = nullptr;  // 32 exchange slots of this thread's warp
 thread_local unsigned lane = 0;
 char* dynamic_smem = nullptr;                             // extern __shared__ arrays point here
+inline void wait_at(int where) { current->wait = where; swapcontext(&current->ctx, &scheduler); }
 }
 
-inline void __syncthreads() { if (cuda_cpu::block_barrier) cuda_cpu::block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { if (cuda_cpu::warp_barrier) cuda_cpu::warp_barrier->arrive_and_wait(); }
+inline void __syncthreads() { if (cuda_cpu::current) cuda_cpu::wait_at(cuda_cpu::AT_BLOCK); }
+inline void __syncwarp(unsigned = 0xffffffffu) { if (cuda_cpu::current) cuda_cpu::wait_at(cuda_cpu::AT_WARP); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // ---- warp shuffles: every lane writes its value, the warp meets, every lane reads another lane's slot
 template <class T> T cuda_cpu_shfl(T v, int src) {
     static_assert(sizeof(T) <= 8, "shuffle of a type larger than 8 bytes");
-    if (!cuda_cpu::warp_barrier) return v;
+    if (!cuda_cpu::current) return v;
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     cuda_cpu::warp_slots[cuda_cpu::lane] = bits;
-    cuda_cpu::warp_barrier->arrive_and_wait();
+    cuda_cpu::wait_at(cuda_cpu::AT_WARP);   // every lane has written its slot
     bits = cuda_cpu::warp_slots[src];
-    cuda_cpu::warp_barrier->arrive_and_wait();
+    cuda_cpu::wait_at(cuda_cpu::AT_WARP);   // every lane has read before anyone writes again
     T out;
     std::memcpy(&out, &bits, sizeof(T));
     return out;
@@ -199,7 +219,8 @@ template <class T> T atomicMin(T* p, T v) {
 }
 
 // ---- math intrinsics that CUDA has and C++ spells differently
-using std::max; using std::min;
+template <class A, class B> inline std::common_type_t<A, B> min(A a, B b) { return b < a ? b : a; }
+template <class A, class B> inline std::common_type_t<A, B> max(A a, B b) { return a < b ? b : a; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
@@ -293,13 +314,66 @@ inline void set_index(unsigned t, const dim3& block, uint3& idx) {
     idx.x = t % block.x; idx.y = (t / block.x) % block.y; idx.z = t / (block.x * block.y);
 }
 
-// threads == true: every CUDA thread of a block is an OS thread (needed when they synchronise).
+thread_local std::function<void()>* fiber_body = nullptr;
+inline void fiber_entry() { (*fiber_body)(); current->wait = DONE; }
+
+// Runs one block's threads as fibers until all return; false on a deadlock (threads waiting at different barriers).
+inline bool run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_size, const dim3& block,
+                      std::vector<unsigned long long>& slots, std::function<void()>& body) {
+    unsigned nt = fibers.size(), nwarps = (nt + 31) / 32;
+    fiber_body = &body;
+    for (unsigned t = 0; t < nt; t++) {
+        Fiber& f = fibers[t];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stacks + t * stack_size;
+        f.ctx.uc_stack.ss_size = stack_size;
+        f.ctx.uc_link = &scheduler;
+        makecontext(&f.ctx, fiber_entry, 0);
+        f.wait = READY;
+    }
+    for (;;) {
+        for (unsigned t = 0; t < nt; t++) {  // run every ready thread until it waits or returns
+            if (fibers[t].wait != READY) continue;
+            set_index(t, block, threadIdx);
+            lane = t % 32;
+            warp_slots = slots.data() + 32 * (t / 32);
+            current = &fibers[t];
+            swapcontext(&scheduler, &fibers[t].ctx);
+        }
+        current = nullptr;
+        bool all_done = true, all_at_block = true, released = false;
+        for (auto& f : fibers) {
+            all_done &= f.wait == DONE;
+            all_at_block &= f.wait == DONE || f.wait == AT_BLOCK;
+        }
+        if (all_done) return true;
+        if (all_at_block) {
+            for (auto& f : fibers) if (f.wait == AT_BLOCK) f.wait = READY;
+            continue;
+        }
+        for (unsigned w = 0; w < nwarps; w++) {  // a warp whose live lanes all wait at a warp operation goes on
+            bool any = false, all = true;
+            for (unsigned t = 32 * w; t < std::min(nt, 32 * w + 32); t++) {
+                any |= fibers[t].wait == AT_WARP;
+                all &= fibers[t].wait == AT_WARP || fibers[t].wait == DONE;
+            }
+            if (any && all) {
+                for (unsigned t = 32 * w; t < std::min(nt, 32 * w + 32); t++)
+                    if (fibers[t].wait == AT_WARP) fibers[t].wait = READY;
+                released = true;
+            }
+        }
+        if (!released) return false;
+    }
+}
+
+// threads == true: the kernel synchronises, so a block's threads run as fibers; otherwise they simply run in turn.
 template <class... A>
-void launch(void (*f)(A...), dim3 grid, dim3 block, void** args, char* smem, bool threads) {
+int launch(void (*f)(A...), dim3 grid, dim3 block, void** args, char* smem, bool threads) {
     auto seq = std::index_sequence_for<A...>{};
     unsigned nt = block.x * block.y * block.z, nb = grid.x * grid.y * grid.z;
     dynamic_smem = smem;
-    if (!threads) {  // no synchronisation: run threads in turn, spread blocks over the cores
+    if (!threads) {  // no synchronisation: spread blocks over the cores
         unsigned nw = std::max(1u, std::min(nb, std::thread::hardware_concurrency()));
         std::vector<std::thread> pool;
         for (unsigned w = 0; w < nw; w++)
@@ -311,52 +385,40 @@ void launch(void (*f)(A...), dim3 grid, dim3 block, void** args, char* smem, boo
                 }
             });
         for (auto& th : pool) th.join();
-        return;
+        return 0;
     }
-    unsigned nwarps = (nt + 31) / 32;
-    std::optional<std::barrier<>> sync_bar;
-    std::vector<std::optional<std::barrier<>>> warp_bars(nwarps);
-    std::vector<unsigned long long> slots(32 * nwarps);
-    auto fresh = [&]() noexcept {  // a thread that returns drops out of the barriers, as on the GPU
-        sync_bar.emplace(nt);
-        for (unsigned w = 0; w < nwarps; w++) warp_bars[w].emplace(std::min(32u, nt - 32 * w));
-    };
-    fresh();
-    std::barrier end_of_block(nt, fresh);
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < nt; t++)
-        pool.emplace_back([&, t] {
-            blockDim = block; gridDim = grid;
-            set_index(t, block, threadIdx);
-            lane = t % 32;
-            warp_slots = slots.data() + 32 * (t / 32);
-            for (unsigned b = 0; b < nb; b++) {
-                set_index(b, grid, blockIdx);
-                block_barrier = &*sync_bar;
-                warp_barrier = &*warp_bars[t / 32];
-                call(f, args, seq);
-                block_barrier->arrive_and_drop();
-                warp_barrier->arrive_and_drop();
-                end_of_block.arrive_and_wait();
-            }
-        });
-    for (auto& th : pool) th.join();
+    const size_t stack_size = 256 * 1024;
+    std::vector<Fiber> fibers(nt);
+    std::unique_ptr<char[]> stacks(new char[nt * stack_size]);  // not zeroed: untouched pages cost nothing
+    std::vector<unsigned long long> slots(32 * ((nt + 31) / 32));
+    std::function<void()> body = [&] { call(f, args, seq); };
+    blockDim = block; gridDim = grid;
+    for (unsigned b = 0; b < nb; b++) {
+        set_index(b, grid, blockIdx);
+        if (!run_block(fibers, stacks.get(), stack_size, block, slots, body)) return (int)b + 1;
+    }
+    return 0;
 }
 }  // namespace cuda_cpu
 """
 
 LAUNCHER = r"""
 extern "C" void cuda_cpu_describe_{i}(char* out) {{ cuda_cpu::describe(&{expr}, out); }}
-extern "C" void cuda_cpu_launch_{i}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                                    void** args, char* smem, int threads) {{
-    cuda_cpu::launch(&{expr}, dim3(gx, gy, gz), dim3(bx, by, bz), args, smem, threads != 0);
+extern "C" int cuda_cpu_launch_{i}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                   void** args, char* smem, int threads) {{
+    return cuda_cpu::launch(&{expr}, dim3(gx, gy, gz), dim3(bx, by, bz), args, smem, threads != 0);
 }}
+"""
+
+GLOBAL = r"""
+extern "C" void* cuda_cpu_global_{name}(unsigned long long* size) {{ *size = sizeof({name}); return (void*)&{name}; }}
 """
 
 _DYNAMIC_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;"
 )
 _SYNCS = re.compile(r"__syncthreads|__syncwarp|__shfl|__shared__")
+_CONSTANTS = re.compile(r"__constant__\s+(?:const\s+)?[\w:]+\s+(\w+)\s*\[")
 _TENSOR_CORES = re.compile(r"\bwmma\b|<mma\.h>|\bmma\.sync\b")
 _FAKE_HEADERS = ("cuda_fp16.h", "cuda_runtime.h", "cuda.h", "stdint.h", "cstdint", "math.h", "cmath")
 
@@ -375,7 +437,7 @@ def _compiler():
 
 def _cache_dir():
     root = os.environ.get("COURSE_CUDA_CPU_CACHE") or os.path.join(
-        tempfile.gettempdir(), f"course-cuda-cpu-{os.getuid()}"
+        tempfile.gettempdir(), f"course-cuda-cpu-{getattr(os, 'getuid', lambda: 0)()}"
     )
     Path(root).mkdir(parents=True, exist_ok=True)
     return Path(root)
@@ -446,12 +508,14 @@ class CpuRawModule:
             )
         self._names = list(dict.fromkeys(names))
         self._threads = bool(_SYNCS.search(code))
+        self._constants = _CONSTANTS.findall(code)
         self._lib = self._build()
         self._kernels = {}
 
     def _build(self):
         body = _translate(self.code)
         launchers = "".join(LAUNCHER.format(i=i, expr=expr) for i, expr in enumerate(self._names))
+        launchers += "".join(GLOBAL.format(name=name) for name in self._constants)
         cxx = _compiler()
         flags = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-w"]
         shim = _shim_header(cxx, flags)
@@ -483,6 +547,23 @@ class CpuRawModule:
         if "cuda_cpu_launchers" in stderr:
             hint = f"\n(looked for the kernel(s) {self._names}: is the name spelled as in the source?)"
         return f"CUDA C++ source failed to compile (lines are those of your kernel source):\n{text}{hint}"
+
+    def get_global_array(self, name, shape, dtype=np.float32):
+        """A numpy view of the ``__constant__`` array ``name`` (what ``cupy.RawModule.get_global`` points to)."""
+        if name not in self._constants:
+            raise LaunchError(
+                f"no __constant__ array named {name!r} in this module (it has {self._constants})"
+            )
+        size = ctypes.c_ulonglong(0)
+        getter = getattr(self._lib, f"cuda_cpu_global_{name}")
+        getter.restype = ctypes.c_void_p
+        addr = getter(ctypes.byref(size))
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * dtype.itemsize > size.value:
+            raise LaunchError(f"{name!r} holds {size.value} bytes, too few for {shape} of {dtype}")
+        raw = (ctypes.c_char * size.value).from_address(addr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
     def get_function(self, name):
         if name not in self._names:
@@ -538,7 +619,7 @@ class _CpuKernel:
         spec = buf.value.decode()
         self.params = [spec[i : i + 3] for i in range(0, len(spec), 3)]
         self._launch = getattr(module._lib, f"cuda_cpu_launch_{index}")
-        self._launch.restype = None
+        self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
 
     def __call__(self, grid, block, args, shared_mem=0, **kwargs):
@@ -565,9 +646,16 @@ class _CpuKernel:
             holders.append(cell)
             pointers[i] = ctypes.addressof(cell)
         smem = np.zeros(int(shared_mem) + 64, np.uint8)
-        self._launch(
+        stuck = self._launch(
             *g, *b, ctypes.cast(pointers, ctypes.c_void_p), smem.ctypes.data, int(self.module._threads)
         )
+        if stuck:
+            raise LaunchError(
+                f"kernel {self.name!r} deadlocked in block {stuck - 1}: some threads wait in __syncthreads() while "
+                "others of the same warp wait in a warp shuffle or __syncwarp() (a GPU would hang). Every thread "
+                "of a warp must reach the same warp operation, and no warp operation may sit between a "
+                "__syncthreads() and code that only part of the block runs."
+            )
         for i, arr, padded, lo in guarded:
             self._check_guards(i, arr, padded, lo)
 

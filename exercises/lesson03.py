@@ -24,6 +24,10 @@ THREADS = 64  # threads per block of the 1-D kernels (the tests launch with exac
 RADIUS = 3  # 03.1: out[i] averages x[i - RADIUS .. i + RADIUS]
 TILE_X, TILE_Y = 16, 8  # 03.2: threads per block (x along a row, y down the image)
 MAX_BINS = 64  # 03.5: a histogram has at most this many bins
+# A shared array's shape must be a plain constant: Numba does not fold ``THREADS + 2 * RADIUS`` inside a
+# kernel (the simulator accepts it, a GPU refuses to compile it), so the tile sizes are computed here.
+HALO_LEN = THREADS + 2 * RADIUS  # 03.1: the 1-D tile with its halo
+TILE_H, TILE_W = TILE_Y + 2, TILE_X + 2  # 03.2: the 2-D tile with its 1-pixel halo
 
 
 # 03.1 -------------------------------------------------------------------------------------------------
@@ -35,7 +39,8 @@ def blur1d_kernel(x, out):
     Launch: ``blur1d_kernel[ceil(n / THREADS), THREADS](x, out)``.
 
     Each output needs 2*RADIUS+1 inputs, and neighbouring outputs share most of them. Load the block's
-    THREADS elements plus RADIUS on each side ONCE into ``cuda.shared.array(THREADS + 2 * RADIUS, np.float32)``,
+    THREADS elements plus RADIUS on each side ONCE into ``cuda.shared.array(HALO_LEN, np.float32)``
+    (HALO_LEN = THREADS + 2 * RADIUS, precomputed: a shared array's shape must be a plain constant),
     synchronise, then read the neighbours from shared memory.
 
     Graded: the answer; at most THREADS + 2*RADIUS global reads per block, at most 3 per thread.
@@ -57,15 +62,15 @@ def blur2d_kernel(img, out):
 
     Launch: ``blur2d_kernel[(ceil(W / TILE_X), ceil(H / TILE_Y)), (TILE_X, TILE_Y)](img, out)``.
 
-    A block of TILE_X x TILE_Y threads needs a (TILE_Y + 2, TILE_X + 2) tile: its pixels plus a 1-pixel
-    halo all round. That is more cells than threads, so some threads load two.
+    A block of TILE_X x TILE_Y threads needs a (TILE_H, TILE_W) = (TILE_Y + 2, TILE_X + 2) shared tile: its
+    pixels plus a 1-pixel halo all round. That is more cells than threads, so some threads load two.
 
     Graded: the answer; at most (TILE_X + 2) * (TILE_Y + 2) global reads per block, at most 4 per thread.
 
     Hints:
     * tile[r, c] holds img[clamp(blockIdx.y * TILE_Y - 1 + r), clamp(blockIdx.x * TILE_X - 1 + c)].
-    * Loop ``for k in range(ty * TILE_X + tx, (TILE_Y + 2) * (TILE_X + 2), TILE_X * TILE_Y)`` with
-      r, c = k // (TILE_X + 2), k % (TILE_X + 2): every cell is loaded once, by some thread.
+    * Loop ``for k in range(ty * TILE_X + tx, TILE_H * TILE_W, TILE_X * TILE_Y)`` with
+      r, c = k // TILE_W, k % TILE_W: every cell is loaded once, by some thread.
     * After cuda.syncthreads(), pixel (x, y) = cuda.grid(2) averages tile[ty .. ty+2, tx .. tx+2].
     """
     # TODO

@@ -70,6 +70,11 @@ def run_sample(args):
     backend = args.backend or mode.default_backend()
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
     print(f"{mode.describe()}\nsampling {len(prompts)} images, {args.steps} steps, backend {backend}")
+    if args.kernels != "minisd" and not mode.ON_GPU:
+        print(
+            f"note: without a GPU, {args.kernels}/lesson11.py's Numba kernels run in the CUDA simulator, one Python "
+            "thread per CUDA thread: expect minutes per op. Try --steps 1 --num-images 1 first."
+        )
     start = time.perf_counter()
     try:
         pipe = minisd.MiniSDPipeline.from_pretrained(args.weights, backend=backend, kernels=args.kernels)

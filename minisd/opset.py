@@ -85,13 +85,18 @@ class OpSet:
                 raise
             self.log(f"note: {module_name} does not exist yet: every op uses minisd's {self.backend} kernels")
             return {}
-        overrides = {}
+        overrides, missing = {}, []
         for name in OP_NAMES:
             theirs = getattr(lesson, name, None)
             if theirs is None:
-                self.log(f"note: {module_name} has no {name}(): using minisd's")
+                missing.append(name)
             else:
                 overrides[name] = self._with_fallback(module_name, name, theirs, table[name])
+        self.log(f"using {module_name} for {', '.join(overrides) or 'no op'}")
+        if missing:
+            self.log(
+                f"note: {module_name} has no {', '.join(missing)}: minisd's {self.backend} kernels run those"
+            )
         return overrides
 
     def _with_fallback(self, module_name, name, theirs, ours):

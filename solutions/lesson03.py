@@ -13,13 +13,17 @@ THREADS = 64  # threads per block of the 1-D kernels (the tests launch with exac
 RADIUS = 3  # 03.1: out[i] averages x[i - RADIUS .. i + RADIUS]
 TILE_X, TILE_Y = 16, 8  # 03.2: threads per block (x along a row, y down the image)
 MAX_BINS = 64  # 03.5: a histogram has at most this many bins
+# A shared array's shape must be a plain constant: Numba does not fold ``THREADS + 2 * RADIUS`` inside a
+# kernel (the simulator accepts it, a GPU refuses to compile it), so the tile sizes are computed here.
+HALO_LEN = THREADS + 2 * RADIUS  # 03.1: the 1-D tile with its halo
+TILE_H, TILE_W = TILE_Y + 2, TILE_X + 2  # 03.2: the 2-D tile with its 1-pixel halo
 
 
 # 03.1 -------------------------------------------------------------------------------------------------
 @cuda.jit
 def blur1d_kernel(x, out):
     """Exercise 03.1 — 1-D box blur of width 2*RADIUS+1 with clamped edges, through a shared tile + halo."""
-    tile = cuda.shared.array(THREADS + 2 * RADIUS, np.float32)
+    tile = cuda.shared.array(HALO_LEN, np.float32)
     n = x.size
     t = cuda.threadIdx.x
     start = cuda.blockIdx.x * THREADS
@@ -40,15 +44,15 @@ def blur1d_kernel(x, out):
 # 03.2 -------------------------------------------------------------------------------------------------
 @cuda.jit
 def blur2d_kernel(img, out):
-    """Exercise 03.2 — 3x3 box blur of an (H, W) image with clamped edges, through a (TILE_Y+2, TILE_X+2) tile."""
-    tile = cuda.shared.array((TILE_Y + 2, TILE_X + 2), np.float32)
+    """Exercise 03.2 — 3x3 box blur of an (H, W) image with clamped edges, through a (TILE_H, TILE_W) tile."""
+    tile = cuda.shared.array((TILE_H, TILE_W), np.float32)
     h, w = img.shape
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     x0 = cuda.blockIdx.x * TILE_X - 1  # image column of tile[:, 0]
     y0 = cuda.blockIdx.y * TILE_Y - 1
     # the tile has more cells than the block has threads: each thread loads every (TILE_X*TILE_Y)-th cell
-    for k in range(ty * TILE_X + tx, (TILE_Y + 2) * (TILE_X + 2), TILE_X * TILE_Y):
-        r, c = k // (TILE_X + 2), k % (TILE_X + 2)
+    for k in range(ty * TILE_X + tx, TILE_H * TILE_W, TILE_X * TILE_Y):
+        r, c = k // TILE_W, k % TILE_W
         tile[r, c] = img[min(max(y0 + r, 0), h - 1), min(max(x0 + c, 0), w - 1)]
     cuda.syncthreads()
     x, y = cuda.grid(2)

@@ -1,5 +1,6 @@
 """``python -m minisd``: run as a user would, in a subprocess, and read what it prints and writes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,14 @@ def test_help_lists_the_commands():
     result = minisd_cli("--help")
     assert result.returncode == 0
     assert "{sample,info,train,eval,bench}" in result.stdout
+
+
+def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--batches", 1, "--steps", 2, "--numpy-steps", 1, "--only", "minisd-numpy"]
+    result = minisd_cli("bench", *args, "--weights", weights_file, "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    numpy_run = report["results"]["minisd-numpy"]["1"]
+    assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 1
+    assert "| minisd, numpy on the CPU |" in result.stdout and "scaled to 2" in result.stdout

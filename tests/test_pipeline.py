@@ -249,7 +249,8 @@ def test_lesson_kernels_replace_ops_and_fall_back(monkeypatch, capsys):
     assert calls["gelu"] > 0 and calls["linear"] == 1, calls
     out = capsys.readouterr().out
     assert out.count("solutions.lesson11.linear() is not implemented yet") == 1
-    assert "solutions.lesson11 has no conv2d()" in out
+    assert "using solutions.lesson11 for gelu, linear" in out
+    assert "solutions.lesson11 has no add, attention" in out
 
 
 def test_missing_lesson_module_falls_back(monkeypatch, capsys):
@@ -258,6 +259,16 @@ def test_missing_lesson_module_falls_back(monkeypatch, capsys):
     assert "exercises.lesson11 does not exist yet" in capsys.readouterr().out
     x = np.linspace(-3, 3, 7, dtype=np.float32)
     np.testing.assert_array_equal(ops.gelu(x), minisd.ops.gelu(x, backend="numpy"))
+
+
+def test_real_lesson_module_plugs_in(capsys):
+    """solutions/lesson11.py (Numba kernels: the simulator here) runs where minisd's op would."""
+    ops = OpSet("numpy", kernels="solutions")
+    assert "using solutions.lesson11 for" in capsys.readouterr().out
+    x = np.linspace(-4, 4, 37, dtype=np.float32).reshape(1, 37)
+    assert_close(ops.gelu(x), minisd.ops.gelu(x, backend="numpy"), "lesson gelu", 1e-6)
+    w = np.random.default_rng(0).standard_normal((5, 37)).astype(np.float32)
+    assert_close(ops.linear(x, w), x @ w.T, "lesson linear", 1e-5)
 
 
 @pytest.mark.slow

@@ -149,6 +149,21 @@ def test_divergent_masks_shuffle_independently():
 
 
 @cuda.jit
+def broadcast_2d(out):
+    """A 2-D block of 8 x 12: warps are formed from the LINEAR thread index ty * 8 + tx."""
+    tid = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    out[cuda.blockIdx.x, cuda.threadIdx.y, cuda.threadIdx.x] = warp.shfl_sync(warp.FULL_MASK, tid, 0)
+
+
+def test_warps_of_a_2d_block_follow_the_linear_thread_index():
+    out = np.full((2, 12, 8), -1, np.int64)
+    broadcast_2d[2, (8, 12)](out)
+    tid = np.arange(96).reshape(12, 8)
+    want = tid - tid % 32  # every lane reads lane 0 of its warp
+    np.testing.assert_array_equal(out, np.stack([want, want]))
+
+
+@cuda.jit
 def votes(pred, out):
     i = cuda.threadIdx.x
     p = pred[i] != 0

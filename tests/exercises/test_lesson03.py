@@ -61,7 +61,7 @@ def test_blur1d_with_halo():
 # 03.2 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
     "03.2",
-    hint="The (TILE_Y+2, TILE_X+2) tile has more cells than the block has threads: loop k from the thread's "
+    hint="The (TILE_H, TILE_W) tile has more cells than the block has threads: loop k from the thread's "
     "linear id over all cells in steps of TILE_X*TILE_Y, clamping image coordinates; syncthreads; sum 3x3.",
 )
 def test_blur2d_with_halo():
