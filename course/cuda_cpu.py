@@ -501,12 +501,10 @@ class CpuRawModule:
         self.code = code
         self.options = tuple(options)
         self.name_expressions = list(name_expressions or [])
-        names = list(_names or []) + self.name_expressions
-        if not names:
-            names = re.findall(
-                r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)', code
-            )
-        self._names = list(dict.fromkeys(names))
+        extern_c = re.findall(
+            r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)', code
+        )
+        self._names = list(dict.fromkeys([*(_names or []), *self.name_expressions, *extern_c]))
         self._threads = bool(_SYNCS.search(code))
         self._constants = _CONSTANTS.findall(code)
         self._lib = self._build()

@@ -79,20 +79,25 @@ def _prefixes(p, suffix):
 
 
 def time_projections(ops, p, config, timesteps):
-    """(R,) float32 timesteps -> {resnet prefix: (R, C) time_emb_proj(SiLU(temb))}, for all resnets at once."""
+    """(R,) float32 timesteps -> {resnet prefix: (R, C) time_emb_proj(SiLU(temb))}, for all resnets at once,
+    and {"temb": (R, T) temb}."""
     u = config["unet"]
     t = ops.timestep_embedding(timesteps, u["time_proj_dim"], u["flip_sin_to_cos"], u["freq_shift"])
     temb = _linear(
         ops, p, "unet.time_embedding.linear_2", ops.silu(_linear(ops, p, "unet.time_embedding.linear_1", t))
     )
+    projections = {"temb": temb}  # kept for a lesson's resnet_block, which projects it itself
     temb = ops.silu(temb)  # every ResNet applies SiLU to temb first: do it once
-    return {pre: _linear(ops, p, pre + "time_emb_proj", temb) for pre in _prefixes(p, "time_emb_proj.weight")}
+    for pre in _prefixes(p, "time_emb_proj.weight"):
+        projections[pre] = _linear(ops, p, pre + "time_emb_proj", temb)
+    return projections
 
 
 def cross_attention_kv(ops, p, context):
-    """{"...attn2." prefix: (keys, values)} of the prompt, for every cross-attention layer."""
+    """{"...attn2." prefix: (keys, values)} of the prompt, for every cross-attention layer; and "context"
+    itself, for a lesson's transformer_block, which projects it itself."""
     prefixes = [pre + "attn2." for pre in _prefixes(p, "attn2.to_k.weight")]
-    return {
+    return {"context": context} | {
         pre: (ops.linear(context, p[pre + "to_k.weight"]), ops.linear(context, p[pre + "to_v.weight"]))
         for pre in prefixes
     }
@@ -101,7 +106,16 @@ def cross_attention_kv(ops, p, context):
 # ------------------------------------------------------------------------------------------------- UNet
 
 
+def _local(p, prefix):
+    """A block's own state dict (keys without ``prefix``), as a lesson's block function takes it."""
+    return {key[len(prefix) :]: value for key, value in p.items() if key.startswith(prefix)}
+
+
 def resnet_block(ops, p, pre, x, temb, groups, eps):
+    lesson = ops.blocks.get("resnet_block")
+    out = lesson(x, temb["temb"], _local(p, pre), groups, eps) if lesson else None
+    if out is not None:
+        return out
     h = ops.group_norm(x, groups, *_norm(p, pre + "norm1"), eps, silu=True)
     h = ops.add(ops.conv2d(h, p[pre + "conv1.weight"], p[pre + "conv1.bias"], padding=1), temb[pre])
     h = ops.group_norm(h, groups, *_norm(p, pre + "norm2"), eps, silu=True)
@@ -121,13 +135,8 @@ def attention_block(ops, p, pre, tokens, heads, context_kv=None):
     return ops.attention(q, k, v, heads=heads)
 
 
-def transformer_2d(ops, p, pre, x, kv, groups, heads):
-    """Transformer2DModel (use_linear_projection): tokens in, one BasicTransformerBlock, image out + x."""
-    _, _, h, w = x.shape
-    tokens = _linear(
-        ops, p, pre + "proj_in", ops.to_tokens(ops.group_norm(x, groups, *_norm(p, pre + "norm"), 1e-6))
-    )
-    blk = pre + "transformer_blocks.0."
+def basic_transformer_block(ops, p, blk, tokens, kv, heads):
+    """Self-attention, cross-attention to the prompt, GEGLU feed-forward; each pre-norm, with a residual."""
     n = ops.layer_norm(tokens, *_norm(p, blk + "norm1"))
     tokens = _linear(
         ops, p, blk + "attn1.to_out.0", attention_block(ops, p, blk + "attn1.", n, heads), tokens
@@ -137,7 +146,18 @@ def transformer_2d(ops, p, pre, x, kv, groups, heads):
     tokens = _linear(ops, p, blk + "attn2.to_out.0", cross, tokens)
     n = ops.layer_norm(tokens, *_norm(p, blk + "norm3"))
     ff = ops.geglu(_linear(ops, p, blk + "ff.net.0.proj", n))
-    tokens = _linear(ops, p, blk + "ff.net.2", ff, tokens)
+    return _linear(ops, p, blk + "ff.net.2", ff, tokens)
+
+
+def transformer_2d(ops, p, pre, x, kv, groups, heads):
+    """Transformer2DModel (use_linear_projection): tokens in, one BasicTransformerBlock, image out + x."""
+    _, _, h, w = x.shape
+    normed = ops.group_norm(x, groups, *_norm(p, pre + "norm"), 1e-6)
+    tokens = _linear(ops, p, pre + "proj_in", ops.to_tokens(normed))
+    blk = pre + "transformer_blocks.0."
+    lesson = ops.blocks.get("transformer_block")
+    out = lesson(tokens, kv["context"], _local(p, blk), heads) if lesson else None
+    tokens = out if out is not None else basic_transformer_block(ops, p, blk, tokens, kv, heads)
     # proj_out as a 1x1 conv after from_tokens: the same product, and the conv adds the residual x in its
     # epilogue (one pass fewer than linear, transpose, add).
     image = ops.from_tokens(tokens, h, w)

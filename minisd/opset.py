@@ -36,6 +36,8 @@ OP_NAMES = (
     "to_tokens",
     "upsample_nearest2x",
 )
+# Whole UNet blocks a lesson may compose from its ops (lesson 11's exercises 11.3 and 11.4).
+BLOCK_NAMES = ("resnet_block", "transformer_block")
 
 
 def _bind(fn, backend):
@@ -58,6 +60,7 @@ class OpSet:
         if kernels not in KERNEL_SOURCES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_SOURCES)}, got {kernels!r}")
         self.backend, self.kernels, self.log = backend, kernels, log
+        self.blocks = {}  # name -> a lesson's block, returning None once it fell back (see minisd.forward)
         # Arrays live on the backend's device, except with a lesson's kernels (numpy in, numpy out).
         self.on_host = backend == "numpy" or kernels != "minisd"
         self.fused_epilogues = backend == "cupy" and kernels == "minisd"
@@ -92,7 +95,10 @@ class OpSet:
                 missing.append(name)
             else:
                 overrides[name] = self._with_fallback(module_name, name, theirs, table[name])
-        self.log(f"using {module_name} for {', '.join(overrides) or 'no op'}")
+        for name in BLOCK_NAMES:
+            if hasattr(lesson, name):
+                self.blocks[name] = self._block_with_fallback(module_name, name, getattr(lesson, name))
+        self.log(f"using {module_name} for {', '.join([*overrides, *self.blocks]) or 'no op'}")
         if missing:
             self.log(
                 f"note: {module_name} has no {', '.join(missing)}: minisd's {self.backend} kernels run those"
@@ -112,6 +118,21 @@ class OpSet:
                 self.log(f"note: {module_name}.{name}() is not implemented yet ({err}): using minisd's")
                 state["fn"] = ours
                 return ours(*args, **kwargs)
+
+        return call
+
+    def _block_with_fallback(self, module_name, name, theirs):
+        """The lesson's block until it raises NotImplementedError; then None, and minisd composes the block."""
+        state = {"on": True}
+
+        def call(*args):
+            if state["on"]:
+                try:
+                    return theirs(*args)
+                except NotImplementedError as err:
+                    self.log(f"note: {module_name}.{name}() is not implemented yet ({err}): using minisd's")
+                    state["on"] = False
+            return None
 
         return call
 

@@ -13,7 +13,7 @@ import torch
 import minisd
 import minisd.mode as mode
 from minisd import forward, weights
-from minisd.model import MiniSD, default_config, timestep_embedding
+from minisd.model import MiniSD, ResnetBlock2D, default_config, timestep_embedding
 from minisd.opset import OpSet
 from minisd.pipeline import MiniSDPipeline, SamplingPlan, concat_batch, to_uint8
 from minisd.schedulers import DDIMScheduler
@@ -251,6 +251,35 @@ def test_lesson_kernels_replace_ops_and_fall_back(monkeypatch, capsys):
     assert out.count("solutions.lesson11.linear() is not implemented yet") == 1
     assert "using solutions.lesson11 for gelu, linear" in out
     assert "solutions.lesson11 has no add, attention" in out
+
+
+def test_lesson_blocks_replace_minisd_blocks(monkeypatch, capsys):
+    """Exercise 11.3's resnet_block runs in place of minisd's (here a torch stand-in); 11.4's stub falls back."""
+    calls = {"resnet_block": 0, "transformer_block": 0}
+
+    def resnet_block(x, temb, p, groups, eps):
+        calls["resnet_block"] += 1
+        block = ResnetBlock2D(x.shape[1], p["conv1.weight"].shape[0], temb.shape[1], groups, eps)
+        block.load_state_dict({k: torch.from_numpy(v) for k, v in p.items()})
+        with torch.no_grad():
+            return block(torch.from_numpy(x), torch.from_numpy(temb)).numpy()
+
+    def transformer_block(x, context, p, heads):
+        calls["transformer_block"] += 1
+        raise NotImplementedError("Exercise 11.4: transformer_block")
+
+    lesson = types.ModuleType("exercises.lesson11")
+    lesson.resnet_block, lesson.transformer_block = resnet_block, transformer_block
+    monkeypatch.setitem(sys.modules, "exercises.lesson11", lesson)
+    config = tiny_config()
+    model = random_model(config)
+    sample, timesteps, ids = inputs(config)
+    _, eps = forward_on(OpSet("numpy", kernels="exercises"), model, config, sample, timesteps, ids)
+    assert_close(eps, oracle(model, sample, timesteps, ids)[1], "UNet with a lesson's resnet_block")
+    assert calls == {"resnet_block": 8, "transformer_block": 1}, calls  # 8 resnets in the tiny UNet
+    out = capsys.readouterr().out
+    assert "using exercises.lesson11 for resnet_block, transformer_block" in out
+    assert out.count("transformer_block() is not implemented yet") == 1
 
 
 def test_missing_lesson_module_falls_back(monkeypatch, capsys):
