@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|notebooks|bench ...   (logs go to $OUT, default ./gpu-out)
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|pack ...   (logs go to $OUT/logs)
+# Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu-out}
@@ -14,8 +15,8 @@ part_tests() {
   timeout 240 python -m pytest tests/exercises --solutions -q -p no:cacheprovider 2>&1 | tail -40 > "$OUT/logs/exercises_gpu.txt"
   tail -3 "$OUT/logs/exercises_gpu.txt"
   log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
-  timeout 420 python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
-    --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -60 > "$OUT/logs/tests_gpu.txt"
+  timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
+    --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -80 > "$OUT/logs/tests_gpu.txt"
   tail -5 "$OUT/logs/tests_gpu.txt"
 }
 
@@ -30,7 +31,7 @@ part_sanitizer() {
 
 part_notebooks() {
   mkdir -p "$OUT/notebooks"
-  for nb in notebooks/*.ipynb; do
+  for nb in ${NOTEBOOKS:-notebooks/*.ipynb}; do
     log "notebook $nb"
     (cd notebooks && COURSE_RECORD=1 timeout 300 jupyter nbconvert --to notebook --execute "$(basename "$nb")" \
       --ExecutePreprocessor.timeout=240 --output "$PWD/../$OUT/notebooks/$(basename "$nb")") > "$OUT/logs/nb_$(basename "$nb" .ipynb).txt" 2>&1
@@ -38,13 +39,19 @@ part_notebooks() {
   done
 }
 
-part_bench() {
+part_kernels() {
   log "ops: every Numba kernel version checked and timed"; timeout 240 python -m minisd.ops.dev > "$OUT/logs/ops_numba.txt" 2>&1; tail -30 "$OUT/logs/ops_numba.txt"
-  log "ops: CuPy kernels checked and timed"; timeout 240 python -m minisd.ops.cupy_dev > "$OUT/logs/ops_cupy.txt" 2>&1; tail -30 "$OUT/logs/ops_cupy.txt"
+  log "ops: CuPy kernels checked and timed"; timeout 240 python -m minisd.ops.cupy_dev --json "$OUT/logs/ops_cupy.json" > "$OUT/logs/ops_cupy.txt" 2>&1; tail -30 "$OUT/logs/ops_cupy.txt"
+}
+
+part_bench() {
   log "minisd bench"; timeout 400 python -m minisd bench 2>&1 | tail -40 | tee "$OUT/logs/bench.txt"
   log "minisd eval"; timeout 300 python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
   cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
 }
 
+part_pack() {
+  tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"
+}
+
 for part in "$@"; do "part_$part"; done
-tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"

@@ -7,7 +7,8 @@ like a person with a ruler would, so a bug in the generator cannot hide behind t
 2. Shape colour: the median of the pixels that differ most from the background.
 3. Coverage: how far each pixel lies from the background towards the shape colour (0..1). Anti-aliased
    edges get fractions, which makes the measurements below sub-pixel accurate.
-4. Shape from geometry, all independent of size and position:
+4. Shape from geometry, all independent of size and position (values for ideal shapes; measured on the
+   32 px grid they come out a little different, see PROTOTYPES):
    extent   = area / bounding-box area       circle 0.79, square 1, triangle 0.5, star 0.43, heart 0.72
    solidity = area / convex-hull area        1 for convex shapes, about 0.6 for a star
    drop     = (centroid - box centre) / box height, + when the mass sits low: triangle +0.17, heart -0.08

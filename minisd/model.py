@@ -3,8 +3,9 @@
 PyTorch is used to TRAIN minisd and as the test oracle for the course's own kernels. Module names follow
 diffusers' UNet2DConditionModel and HF's CLIP text model, so ``state_dict()`` keys read like Stable
 Diffusion's (``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) and a learner can
-hold the two side by side. See docs/MINISD_SPEC.md for the contract; every block here is written out in
-full (no diffusers import) so it can be read top to bottom.
+hold the two side by side. Embeddings are nn.Embedding, so their keys end in ".weight"
+(``text_encoder.position_embedding.weight``). See docs/MINISD_SPEC.md for the contract; every block here is
+written out in full (no diffusers import) so it can be read top to bottom.
 
     model = MiniSD(CONFIG)                       # .text_encoder and .unet
     context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
@@ -359,7 +360,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 
 class UNet2DConditionModel(nn.Module):
-    """(noisy sample, timestep, encoder_hidden_states) -> predicted noise epsilon, same shape as the sample."""
+    """(noisy sample, timestep, encoder_hidden_states) -> predicted noise (epsilon), shaped like the sample."""
 
     def __init__(
         self,

@@ -57,6 +57,7 @@ def save(state_dict, config, path=None, dtype="float16"):
     metadata = {"format": FORMAT, "config": json.dumps(model_config), "vocab": json.dumps(VOCAB)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(arrays, str(path), metadata=metadata)
+    path.chmod(0o644)  # safetensors creates it owner-only; weights ship with the package, readable by all
     checksum_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")  # the format `sha256sum -c` reads
     return path
 

@@ -100,10 +100,10 @@ def test_help_lists_the_commands():
 
 def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
     out = tmp_path / "bench.json"
-    args = ["--batches", 1, "--steps", 2, "--numpy-steps", 1, "--only", "minisd-numpy"]
+    args = ["--batches", 1, "--steps", 4, "--numpy-steps", 2, "--only", "minisd-numpy"]
     result = minisd_cli("bench", *args, "--weights", weights_file, "--out", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     numpy_run = report["results"]["minisd-numpy"]["1"]
-    assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 1
-    assert "| minisd, numpy on the CPU |" in result.stdout and "scaled to 2" in result.stdout
+    assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 2
+    assert "| minisd, numpy on the CPU |" in result.stdout and "extrapolated to 4" in result.stdout

@@ -184,8 +184,9 @@ def test_attention_4d(gen, monkeypatch, b, h, lq, lk, d, split):
 def test_attention_3d_heads(gen, monkeypatch, b, heads, lq, lk, d, split):
     monkeypatch.setattr(ops, "_attention_split", lambda b, h, lq: split)
     q, k, v = rand(gen, b, lq, heads * d), rand(gen, b, lk, heads * d), rand(gen, b, lk, heads * d)
-    split = lambda t: t64(t).reshape(b, -1, heads, d).transpose(1, 2)  # noqa: E731
-    ref = attention_ref(split(q), split(k), split(v), 0.3).transpose(1, 2).reshape(b, lq, heads * d)
+    heads_first = lambda t: t64(t).reshape(b, -1, heads, d).transpose(1, 2)  # noqa: E731
+    ref = attention_ref(heads_first(q), heads_first(k), heads_first(v), 0.3)
+    ref = ref.transpose(1, 2).reshape(b, lq, heads * d)
     out = poisoned(b, lq, heads * d)
     ops.attention(q, k, v, heads=heads, scale=0.3, out=out)
     check(out, ref, 1e-5, "attention 3-D")

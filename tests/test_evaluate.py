@@ -1,0 +1,56 @@
+"""minisd.evaluate: prompts, scoring, the exit code, and (on a GPU) the real gate on the trained weights."""
+
+import numpy as np
+import pytest
+
+import minisd.mode as mode
+from minisd import data, evaluate
+
+
+def test_random_prompts_are_valid_and_varied():
+    prompts = evaluate.random_prompts(300, np.random.default_rng(0))
+    wanted = [evaluate.asked_for(p) for p in prompts]
+    assert all(w["color"] != w["background"] for w in wanted)
+    assert {w["shape"] for w in wanted} == set(data.SHAPES)
+    assert {w["color"] for w in wanted} == set(data.COLORS) == {w["background"] for w in wanted}
+    assert prompts == evaluate.random_prompts(300, np.random.default_rng(0))
+
+
+def test_score_is_perfect_on_the_dataset_and_counts_each_attribute():
+    images, prompts = data.make_batch(40, np.random.default_rng(3))
+    pixels = data.to_uint8(images)
+    assert evaluate.score(pixels, prompts) == {"color": 1.0, "background": 1.0, "shape": 1.0}
+    # Swap the prompts' shape words on half of them: only the shape score may drop.
+    cycle = {s: data.SHAPES[(i + 1) % 5] for i, s in enumerate(data.SHAPES)}
+    lied = [p.replace(p.split()[2], cycle[p.split()[2]]) if i % 2 else p for i, p in enumerate(prompts)]
+    assert evaluate.score(pixels, lied) == {"color": 1.0, "background": 1.0, "shape": 0.5}
+
+
+def test_main_exits_non_zero_below_the_pass_mark(monkeypatch, capsys):
+    import minisd
+
+    def blank(prompts, seed, **options):  # a "model" that draws nothing: flat grey pictures
+        return np.full((len(prompts), 32, 32, 3), 128, np.uint8)
+
+    monkeypatch.setattr(minisd, "generate", blank, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--num-images", "5", "--backend", "numpy"])
+    assert exit_info.value.code == 1
+    assert "BELOW 90%" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not mode.ON_GPU, reason="needs a CUDA GPU")
+def test_trained_weights_follow_prompts_on_the_gpu():
+    """The real gate: 200 images from minisd/weights with the course's kernels, >= 90 % on every attribute."""
+    assert evaluate.main(["--num-images", "200", "--guidance", "1.5"]) == 0
+
+
+@pytest.mark.slow
+def test_shipped_weights_follow_prompts_with_numpy():
+    """The trained weights, through the course's numpy kernels: 8 random prompts, all read back right."""
+    import minisd
+
+    prompts = evaluate.random_prompts(8, np.random.default_rng(42))
+    images = minisd.generate(prompts, num_inference_steps=25, guidance_scale=1.5, seed=0, backend="numpy")
+    assert evaluate.score(images, prompts) == {"color": 1.0, "background": 1.0, "shape": 1.0}
