@@ -31,7 +31,11 @@ def prepare_params(state, config, ops):
     params["text_encoder.embeddings"] = ops.to_device(np.ascontiguousarray(table.T, np.float32))
     for key, value in state.items():
         if key.endswith(".proj_out.weight"):  # (C, C) linear -> (C, C, 1, 1) conv, see transformer_2d
-            params[key + "_1x1"] = ops.to_device(np.ascontiguousarray(value[:, :, None, None], np.float32))
+            # reshape, not value[:, :, None, None]: that view has stride 0 on the new axes, which numpy calls
+            # contiguous but Numba's device arrays do not
+            params[key + "_1x1"] = ops.to_device(
+                np.ascontiguousarray(value, np.float32).reshape(*value.shape, 1, 1)
+            )
     return params
 
 

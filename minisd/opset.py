@@ -64,7 +64,7 @@ class OpSet:
         # numba-cuda on a real GPU cannot pass None to a kernel (its simulator can), and minisd/ops/numba's
         # linear and scheduler-step kernels get None for a missing bias / noise: pass zeros instead, which
         # computes the same. Remove once minisd/ops/numba handles None on the host side.
-        self._numba_needs_arrays = backend == "numba" and kernels == "minisd"
+        self._numba_needs_arrays = backend == "numba"
         self.blocks = {}  # name -> a lesson's block, returning None once it fell back (see minisd.forward)
         # Arrays live on the backend's device, except with a lesson's kernels (numpy in, numpy out).
         self.on_host = backend == "numpy" or kernels != "minisd"

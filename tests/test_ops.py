@@ -111,6 +111,81 @@ def test_kernel_version_corners(op, variant, version, gen):
     assert err <= tol, f"{op} v{version} {variant}: max relative error {err:.2e} > {tol:.0e}"
 
 
+# --- no kernel is ever launched with None -----------------------------------------------------------------
+# numba-cuda cannot pass None as a kernel argument on a real GPU (the launch raises NotImplementedError);
+# the simulator can, so without this check an `if b is not None:` kernel passes CI and fails on the GPU.
+
+
+@pytest.fixture
+def no_none_launches(monkeypatch):
+    """Make the simulator refuse a kernel launch with a None argument, as a real GPU does."""
+    if mode.ON_GPU:
+        return  # the real launcher refuses None by itself
+    from numba.cuda.simulator import kernel as sim
+
+    launch = sim.FakeCUDAKernel.__call__
+
+    def checked(self, *args):
+        if not self._device and not sim._kernel_context:  # a launch from the host, not a device-function call
+            nones = [i for i, a in enumerate(args) if a is None]
+            assert not nones, f"kernel {self.fn.__name__} launched with None as argument(s) {nones}"
+        return launch(self, *args)
+
+    monkeypatch.setattr(sim.FakeCUDAKernel, "__call__", checked)
+
+
+@pytest.mark.skipif(mode.ON_GPU, reason="checks the simulator's stand-in for the GPU's refusal")
+def test_no_none_launches_catches_a_none(no_none_launches):
+    from numba import cuda
+
+    @cuda.jit
+    def kernel(a, b):
+        if b is not None:
+            a[0] = b[0]
+
+    a = cuda.to_device(np.zeros(1, np.float32))
+    kernel[1, 1](a, a)  # fine
+    with pytest.raises(AssertionError, match="launched with None"):
+        kernel[1, 1](a, None)
+
+
+NONE_VARIANTS = [  # every op with an optional argument, with it left out
+    ("conv2d", {"bias": False}),
+    ("group_norm", {"affine": False}),
+    ("layer_norm", {"affine": False}),
+    ("linear", {"bias": False}),
+    ("scheduler_step", {"noise": False, "clip": False}),
+]
+
+
+@pytest.mark.parametrize(
+    "op,variant,version", [(op, var, v) for op, var in NONE_VARIANTS for o, v in _versions() if o == op]
+)
+def test_kernel_versions_never_get_none(op, variant, version, gen, no_none_launches):
+    err, tol = dev.check(op, version, gen, **variant)
+    assert err <= tol, f"{op} v{version} {variant}: max relative error {err:.2e} > {tol:.0e}"
+
+
+def test_numba_backend_never_passes_none(gen, no_none_launches):
+    """The public API with each optional argument left out, alone or with the others given."""
+    x, w, b = r(gen, 2, 4, 3, 5) + 1, r(gen, 4), r(gen, 4)
+    for wt, bt in [(None, None), (w, None), (None, b)]:
+        ref = F.group_norm(t64(x), 2, None if wt is None else t64(wt), None if bt is None else t64(bt))
+        assert_close(ops.group_norm(x, 2, wt, bt, backend="numba"), ref, what="group_norm")
+    xr, wr, br = r(gen, 3, 7), r(gen, 7), r(gen, 7)
+    for wt, bt in [(None, None), (wr, None), (None, br)]:
+        ref = F.layer_norm(t64(xr), (7,), None if wt is None else t64(wt), None if bt is None else t64(bt))
+        assert_close(ops.layer_norm(xr, wt, bt, backend="numba"), ref, what="layer_norm")
+    xc, wc = r(gen, 1, 2, 5, 4), r(gen, 3, 2, 3, 3)
+    assert_close(ops.conv2d(xc, wc, padding=1, backend="numba"), F.conv2d(t64(xc), t64(wc), padding=1))
+    xl, wl = r(gen, 3, 6), r(gen, 5, 6)
+    assert_close(ops.linear(xl, wl, backend="numba"), F.linear(t64(xl), t64(wl)))
+    s, e = r(gen, 2, 3, 4) * 2, r(gen, 2, 3, 4)
+    out = ops.ddim_step(s, e, 0.3, 0.55, eta=0.0, clip_sample=False, backend="numba")
+    assert_close(out, _ddim_ref(s, e, 0.3, 0.55, 0.0, None, False))
+    assert_close(ops.ddpm_step(s, e, 0.3, 0.55, backend="numba"), _ddpm_ref(s, e, 0.3, 0.55, None, True))
+
+
 def test_dev_harness_prints_a_table(capsys):
     assert dev.main(["softmax", "randn"]) == 0
     out = capsys.readouterr().out

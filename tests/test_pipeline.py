@@ -156,6 +156,15 @@ def test_numba_blocks_in_simulator_match_torch(monkeypatch):
     assert_close(ops.to_numpy(out), ref_out.numpy(), "transformer block (numba)")
 
 
+def test_prepared_params_have_canonical_strides():
+    """Numba's device arrays (on a GPU) reject "contiguous" arrays whose size-1 axes have odd strides."""
+    config = tiny_config()
+    params = forward.prepare_params(state_of(random_model(config)), config, OpSet("numpy"))
+    for key, value in params.items():
+        canonical = tuple(int(np.prod(value.shape[i + 1 :])) * value.itemsize for i in range(value.ndim))
+        assert value.strides == canonical, f"{key}: strides {value.strides}, expected {canonical}"
+
+
 def test_ddim_step_op_matches_scheduler():
     """The pipeline steps with ops.ddim_step; it must be DDIMScheduler.step (itself checked against diffusers)."""
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")

@@ -1,9 +1,10 @@
-"""What every Numba kernel file shares: the launch stream and grid arithmetic.
+"""What every Numba kernel file shares: the launch stream, grid arithmetic and optional arguments.
 
 (minisd.ops, the package around this one, imports minisd.mode before numba.cuda is imported here: that
 is what switches the simulator on when there is no GPU.)
 """
 
+import numpy as np
 from numba import cuda
 
 _stream = 0  # 0 = the default stream
@@ -46,3 +47,26 @@ def launch1d(kernel, n, *args, tpb=256):
 
 def empty(shape):
     return cuda.device_array(shape, "float32", stream=_stream)
+
+
+# numba-cuda cannot pass None to a kernel on a real GPU (the launch raises "NotImplementedError: (none, None)");
+# the simulator can, which hides the bug. So an optional array never goes into a kernel as None: the host
+# passes a flag and a real array, ``has_bias, bias = optional(bias)``, and the kernel tests ``if has_bias:``.
+# (An optional scalar, like scheduler_step's clip, likewise becomes a flag plus a float.)
+_absent = None
+
+
+def optional(a):
+    """``(True, a)`` for an array; ``(False, placeholder)`` for None, what a kernel gets instead of None.
+
+    The placeholder is one float32 on the device, made on the first None (outside any CUDA graph capture
+    once the ops have run eagerly once) and reused. It holds NaN, so a kernel that reads it despite the
+    flag shows it in the output. Its type, a 1-D float32 array, is that of a real bias or norm weight,
+    so a kernel is not compiled twice.
+    """
+    global _absent
+    if a is not None:
+        return True, a
+    if _absent is None:
+        _absent = cuda.to_device(np.full(1, np.nan, np.float32))
+    return False, _absent

@@ -17,7 +17,7 @@ these sizes); other shapes fall back to v1. v4 takes any kernel size and stride.
 
 from numba import cuda, float32
 
-from minisd.ops.numba.common import cdiv, get_stream, launch1d
+from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 TILE = 8  # output patch per block (TILE x TILE threads); 8 suits the 8-32 px images of minisd
 SH = 24  # staged input patch side: (TILE - 1) * stride + k <= SH
@@ -29,7 +29,7 @@ BPP, BOP = BP + 1, BO + 1  # padded shared rows (shared array shapes must be pla
 
 
 @cuda.jit
-def _conv2d_v1(x, w, b, out, stride, padding):
+def _conv2d_v1(x, w, has_b, b, out, stride, padding):
     i = cuda.grid(1)
     n_, o_, ho, wo = out.shape
     if i >= n_ * o_ * ho * wo:
@@ -49,17 +49,18 @@ def _conv2d_v1(x, w, b, out, stride, padding):
                     ix = ox * stride - padding + kx
                     if 0 <= ix < w_:
                         acc += x[n, c, iy, ix] * w[o, c, ky, kx]
-    if b is not None:
+    if has_b:
         acc += b[o]
     out[n, o, oy, ox] = acc
 
 
 def conv2d_v1(x, w, b, out, stride, padding):
-    launch1d(_conv2d_v1, out.size, x, w, b, out, stride, padding)
+    has_b, b = optional(b)
+    launch1d(_conv2d_v1, out.size, x, w, has_b, b, out, stride, padding)
 
 
 @cuda.jit
-def _conv2d_v2(x, w, b, out, stride, padding):
+def _conv2d_v2(x, w, has_b, b, out, stride, padding):
     patch = cuda.shared.array((SH, SH), float32)
     taps = cuda.shared.array(WMAX, float32)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -92,7 +93,7 @@ def _conv2d_v2(x, w, b, out, stride, padding):
                 acc += patch[ty * stride + ky, tx * stride + kx] * taps[ky * kw + kx]
         cuda.syncthreads()  # before the next channel overwrites the patch
     if ox < wo and oy < ho:
-        if b is not None:
+        if has_b:
             acc += b[o]
         out[n, o, oy, ox] = acc
 
@@ -107,11 +108,12 @@ def conv2d_v2(x, w, b, out, stride, padding):
         return conv2d_v1(x, w, b, out, stride, padding)
     n, o, ho, wo = out.shape
     grid = (cdiv(wo, TILE), cdiv(ho, TILE), n * o)
-    _conv2d_v2[grid, (TILE, TILE), get_stream()](x, w, b, out, stride, padding)
+    has_b, b = optional(b)
+    _conv2d_v2[grid, (TILE, TILE), get_stream()](x, w, has_b, b, out, stride, padding)
 
 
 @cuda.jit
-def _conv2d_v3(x, w, b, out, stride, padding):
+def _conv2d_v3(x, w, has_b, b, out, stride, padding):
     patch = cuda.shared.array((SH, SH), float32)
     taps = cuda.shared.array((OB, WMAX), float32)
     acc = cuda.local.array(OB, float32)
@@ -157,7 +159,7 @@ def _conv2d_v3(x, w, b, out, stride, padding):
         for k in range(OB):
             if o0 + k < o_:
                 r = acc[k]
-                if b is not None:
+                if has_b:
                     r += b[o0 + k]
                 out[n, o0 + k, oy, ox] = r
 
@@ -167,11 +169,12 @@ def conv2d_v3(x, w, b, out, stride, padding):
         return conv2d_v1(x, w, b, out, stride, padding)
     n, o, ho, wo = out.shape
     grid = (cdiv(wo, TILE), cdiv(ho, TILE), n * cdiv(o, OB))
-    _conv2d_v3[grid, (TILE, TILE), get_stream()](x, w, b, out, stride, padding)
+    has_b, b = optional(b)
+    _conv2d_v3[grid, (TILE, TILE), get_stream()](x, w, has_b, b, out, stride, padding)
 
 
 @cuda.jit
-def _conv2d_v4(x, w, b, out, stride, padding):
+def _conv2d_v4(x, w, has_b, b, out, stride, padding):
     cols = cuda.shared.array((BK, BPP), float32)  # im2col slice: cols[k, pixel]
     taps = cuda.shared.array((BK, BOP), float32)  # weight slice: taps[k, o]
     acc = cuda.local.array((RP, RO), float32)
@@ -227,7 +230,7 @@ def _conv2d_v4(x, w, b, out, stride, padding):
                 o = o0 + ty + 16 * j
                 if o < o_:
                     r = acc[i, j]
-                    if b is not None:
+                    if has_b:
                         r += b[o]
                     out[n, o, oy, ox] = r
 
@@ -235,7 +238,8 @@ def _conv2d_v4(x, w, b, out, stride, padding):
 def conv2d_v4(x, w, b, out, stride, padding):
     n, o, ho, wo = out.shape
     grid = (cdiv(n * ho * wo, BP), cdiv(o, BO))
-    _conv2d_v4[grid, (16, 16), get_stream()](x, w, b, out, stride, padding)
+    has_b, b = optional(b)
+    _conv2d_v4[grid, (16, 16), get_stream()](x, w, has_b, b, out, stride, padding)
 
 
 VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4}}

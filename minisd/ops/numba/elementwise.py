@@ -14,7 +14,7 @@ import math
 
 from numba import cuda, float32, float64
 
-from minisd.ops.numba.common import cdiv, get_stream, launch1d
+from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 INV_SQRT2 = float32(1.0 / math.sqrt(2.0))
 
@@ -196,25 +196,41 @@ def timestep_embedding_v1(t, half, shift, flip, out):
 
 
 @cuda.jit
-def _scheduler_step(sample, eps, noise, sqrt_beta, inv_sqrt_alpha, clip, c_x0, c_eps, c_sample, c_noise, out):
+def _scheduler_step(
+    sample,
+    eps,
+    has_noise,
+    noise,
+    sqrt_beta,
+    inv_sqrt_alpha,
+    has_clip,
+    clip,
+    c_x0,
+    c_eps,
+    c_sample,
+    c_noise,
+    out,
+):
     i = cuda.grid(1)
     if i < sample.size:
         x = sample[i]
         e = eps[i]
         x0 = (x - sqrt_beta * e) * inv_sqrt_alpha
-        if clip > 0:
+        if has_clip:
             x0 = min(max(x0, -clip), clip)
         y = c_x0 * x0 + c_eps * e + c_sample * x
-        if noise is not None:
+        if has_noise:
             y += c_noise * noise[i]
         out[i] = y
 
 
 def scheduler_step_v1(sample, eps, noise, coef, clip, out):
+    has_noise, noise = optional(noise)
+    has_clip = clip is not None  # an optional scalar: a flag plus a float, for the same reason
     f = [float32(coef[k]) for k in ("sqrt_beta", "inv_sqrt_alpha")]
-    f.append(float32(clip if clip is not None else 0.0))
+    f += [has_clip, float32(clip if has_clip else 0.0)]
     f += [float32(coef[k]) for k in ("c_x0", "c_eps", "c_sample", "c_noise")]
-    launch1d(_scheduler_step, sample.size, sample, eps, noise, *f, out)
+    launch1d(_scheduler_step, sample.size, sample, eps, has_noise, noise, *f, out)
 
 
 VERSIONS = {

@@ -14,18 +14,18 @@ import math
 
 from numba import cuda, float32
 
-from minisd.ops.numba.common import empty, get_stream, launch1d
+from minisd.ops.numba.common import empty, get_stream, launch1d, optional
 
 TPB = 128  # threads per group (a power of two for the tree reduction)
 
 
 @cuda.jit(device=True)
-def _finish(v, mean, rstd, c, weight, bias, silu):
+def _finish(v, mean, rstd, c, has_weight, weight, has_bias, bias, silu):
     """Normalized value -> affine -> optional SiLU (shared by all versions)."""
     y = (v - mean) * rstd
-    if weight is not None:
+    if has_weight:
         y = y * weight[c]
-    if bias is not None:
+    if has_bias:
         y = y + bias[c]
     if silu:
         y = y / (float32(1.0) + math.exp(-y))
@@ -56,7 +56,7 @@ def _stats_v1(x, groups, eps, stats):
 
 
 @cuda.jit
-def _apply_v1(x, groups, stats, weight, bias, silu, out):
+def _apply_v1(x, groups, stats, has_weight, weight, has_bias, bias, silu, out):
     i = cuda.grid(1)
     n_, c_, l_ = x.shape
     if i >= n_ * c_ * l_:
@@ -65,13 +65,15 @@ def _apply_v1(x, groups, stats, weight, bias, silu, out):
     c = (i // l_) % c_
     n = i // (l_ * c_)
     g = n * groups + c // (c_ // groups)
-    out[n, c, p] = _finish(x[n, c, p], stats[g, 0], stats[g, 1], c, weight, bias, silu)
+    out[n, c, p] = _finish(x[n, c, p], stats[g, 0], stats[g, 1], c, has_weight, weight, has_bias, bias, silu)
 
 
 def group_norm_v1(x, groups, weight, bias, eps, silu, out):
     stats = empty((x.shape[0] * groups, 2))
     launch1d(_stats_v1, x.shape[0] * groups, x, groups, eps, stats)
-    launch1d(_apply_v1, x.size, x, groups, stats, weight, bias, silu, out)
+    has_weight, weight = optional(weight)
+    has_bias, bias = optional(bias)
+    launch1d(_apply_v1, x.size, x, groups, stats, has_weight, weight, has_bias, bias, silu, out)
 
 
 @cuda.jit(device=True)
@@ -91,7 +93,7 @@ def _block_sum(buf, t, v):
 
 
 @cuda.jit
-def _group_norm_v2(x, groups, weight, bias, eps, silu, out):
+def _group_norm_v2(x, groups, has_weight, weight, has_bias, bias, eps, silu, out):
     buf = cuda.shared.array(TPB, float32)
     t = cuda.threadIdx.x
     c_, l_ = x.shape[1], x.shape[2]
@@ -110,15 +112,18 @@ def _group_norm_v2(x, groups, weight, bias, eps, silu, out):
     rstd = float32(1.0) / math.sqrt(_block_sum(buf, t, s) / float32(m) + eps)
     for j in range(t, m, TPB):
         c = c0 + j // l_
-        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, weight, bias, silu)
+        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, has_weight, weight, has_bias, bias, silu)
 
 
 def group_norm_v2(x, groups, weight, bias, eps, silu, out):
-    _group_norm_v2[x.shape[0] * groups, TPB, get_stream()](x, groups, weight, bias, eps, silu, out)
+    has_weight, weight = optional(weight)
+    has_bias, bias = optional(bias)
+    args = (x, groups, has_weight, weight, has_bias, bias, eps, silu, out)
+    _group_norm_v2[x.shape[0] * groups, TPB, get_stream()](*args)
 
 
 @cuda.jit
-def _group_norm_v3(x, groups, weight, bias, eps, silu, out):
+def _group_norm_v3(x, groups, has_weight, weight, has_bias, bias, eps, silu, out):
     cnt = cuda.shared.array(TPB, float32)
     avg = cuda.shared.array(TPB, float32)
     m2 = cuda.shared.array(TPB, float32)
@@ -159,11 +164,14 @@ def _group_norm_v3(x, groups, weight, bias, eps, silu, out):
     rstd = float32(1.0) / math.sqrt(m2[0] / float32(m) + eps)
     for j in range(t, m, TPB):
         c = c0 + j // l_
-        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, weight, bias, silu)
+        out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, has_weight, weight, has_bias, bias, silu)
 
 
 def group_norm_v3(x, groups, weight, bias, eps, silu, out):
-    _group_norm_v3[x.shape[0] * groups, TPB, get_stream()](x, groups, weight, bias, eps, silu, out)
+    has_weight, weight = optional(weight)
+    has_bias, bias = optional(bias)
+    args = (x, groups, has_weight, weight, has_bias, bias, eps, silu, out)
+    _group_norm_v3[x.shape[0] * groups, TPB, get_stream()](*args)
 
 
 VERSIONS = {"group_norm": {1: group_norm_v1, 2: group_norm_v2, 3: group_norm_v3}}

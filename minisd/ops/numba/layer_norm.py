@@ -10,14 +10,14 @@ import math
 
 from numba import cuda, float32
 
-from minisd.ops.numba.common import cdiv, get_stream, launch1d
+from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 LANES = 32  # threads per row (power of two)
 ROWS = 4  # rows per block
 
 
 @cuda.jit
-def _layer_norm_v1(x, weight, bias, eps, out):
+def _layer_norm_v1(x, has_weight, weight, has_bias, bias, eps, out):
     r = cuda.grid(1)
     m_, d_ = x.shape
     if r >= m_:
@@ -33,19 +33,21 @@ def _layer_norm_v1(x, weight, bias, eps, out):
     rstd = float32(1.0) / math.sqrt(s / float32(d_) + eps)
     for j in range(d_):
         y = (x[r, j] - mean) * rstd
-        if weight is not None:
+        if has_weight:
             y = y * weight[j]
-        if bias is not None:
+        if has_bias:
             y = y + bias[j]
         out[r, j] = y
 
 
 def layer_norm_v1(x, weight, bias, eps, out):
-    launch1d(_layer_norm_v1, x.shape[0], x, weight, bias, eps, out, tpb=128)
+    has_weight, weight = optional(weight)
+    has_bias, bias = optional(bias)
+    launch1d(_layer_norm_v1, x.shape[0], x, has_weight, weight, has_bias, bias, eps, out, tpb=128)
 
 
 @cuda.jit
-def _layer_norm_v2(x, weight, bias, eps, out):
+def _layer_norm_v2(x, has_weight, weight, has_bias, bias, eps, out):
     cnt = cuda.shared.array((ROWS, LANES), float32)
     avg = cuda.shared.array((ROWS, LANES), float32)
     m2 = cuda.shared.array((ROWS, LANES), float32)
@@ -84,15 +86,18 @@ def _layer_norm_v2(x, weight, bias, eps, out):
         rstd = float32(1.0) / math.sqrt(m2[row, 0] / float32(d_) + eps)
         for j in range(lane, d_, LANES):
             y = (x[r, j] - mean) * rstd
-            if weight is not None:
+            if has_weight:
                 y = y * weight[j]
-            if bias is not None:
+            if has_bias:
                 y = y + bias[j]
             out[r, j] = y
 
 
 def layer_norm_v2(x, weight, bias, eps, out):
-    _layer_norm_v2[max(1, cdiv(x.shape[0], ROWS)), (LANES, ROWS), get_stream()](x, weight, bias, eps, out)
+    has_weight, weight = optional(weight)
+    has_bias, bias = optional(bias)
+    grid = max(1, cdiv(x.shape[0], ROWS))
+    _layer_norm_v2[grid, (LANES, ROWS), get_stream()](x, has_weight, weight, has_bias, bias, eps, out)
 
 
 VERSIONS = {"layer_norm": {1: layer_norm_v1, 2: layer_norm_v2}}

@@ -10,7 +10,7 @@ v3  register blocking: a 16x16 block computes a 64x64 tile, 4x4 outputs per thre
 
 from numba import cuda, float32
 
-from minisd.ops.numba.common import cdiv, get_stream
+from minisd.ops.numba.common import cdiv, get_stream, optional
 
 T2 = 16  # v2 tile
 BM = 64  # v3 block tile (BM x BM outputs)
@@ -20,25 +20,26 @@ T2P, BMP = T2 + 1, BM + 1  # padded shared rows (shared array shapes must be pla
 
 
 @cuda.jit
-def _linear_v1(x, w, b, out):
+def _linear_v1(x, w, has_b, b, out):
     n, m = cuda.grid(2)
     if m >= out.shape[0] or n >= out.shape[1]:
         return
     acc = float32(0.0)
     for k in range(x.shape[1]):
         acc += x[m, k] * w[n, k]
-    if b is not None:
+    if has_b:
         acc += b[n]
     out[m, n] = acc
 
 
 def linear_v1(x, w, b, out):
     m, n = out.shape
-    _linear_v1[(cdiv(n, 16), cdiv(m, 16)), (16, 16), get_stream()](x, w, b, out)
+    has_b, b = optional(b)
+    _linear_v1[(cdiv(n, 16), cdiv(m, 16)), (16, 16), get_stream()](x, w, has_b, b, out)
 
 
 @cuda.jit
-def _linear_v2(x, w, b, out):
+def _linear_v2(x, w, has_b, b, out):
     xs = cuda.shared.array((T2, T2P), float32)
     ws = cuda.shared.array((T2, T2P), float32)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -62,18 +63,19 @@ def _linear_v2(x, w, b, out):
             acc += xs[ty, kk] * ws[kk, tx]
         cuda.syncthreads()
     if m < m_ and n < n_:
-        if b is not None:
+        if has_b:
             acc += b[n]
         out[m, n] = acc
 
 
 def linear_v2(x, w, b, out):
     m, n = out.shape
-    _linear_v2[(cdiv(n, T2), cdiv(m, T2)), (T2, T2), get_stream()](x, w, b, out)
+    has_b, b = optional(b)
+    _linear_v2[(cdiv(n, T2), cdiv(m, T2)), (T2, T2), get_stream()](x, w, has_b, b, out)
 
 
 @cuda.jit
-def _linear_v3(x, w, b, out):
+def _linear_v3(x, w, has_b, b, out):
     xs = cuda.shared.array((BK, BMP), float32)
     ws = cuda.shared.array((BK, BMP), float32)
     acc = cuda.local.array((RT, RT), float32)
@@ -115,14 +117,15 @@ def _linear_v3(x, w, b, out):
             n = n0 + tx + 16 * j
             if m < m_ and n < n_:
                 r = acc[i, j]
-                if b is not None:
+                if has_b:
                     r += b[n]
                 out[m, n] = r
 
 
 def linear_v3(x, w, b, out):
     m, n = out.shape
-    _linear_v3[(cdiv(n, BM), cdiv(m, BM)), (16, 16), get_stream()](x, w, b, out)
+    has_b, b = optional(b)
+    _linear_v3[(cdiv(n, BM), cdiv(m, BM)), (16, 16), get_stream()](x, w, has_b, b, out)
 
 
 VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3}}
