@@ -83,7 +83,12 @@ def run_sample(args):
         raise CliError(str(err)) from None
     loaded = time.perf_counter()
     with tqdm(total=args.steps, unit="step", desc="denoising") as bar:
-        images = pipe(prompts, args.steps, args.guidance, args.seed, progress=lambda i, n: bar.update(1))
+
+        def progress(i, n):  # n = steps, or steps x chunks when the CPU samples a big batch in chunks
+            bar.total, bar.n = n, i + 1
+            bar.refresh()
+
+        images = pipe(prompts, args.steps, args.guidance, args.seed, progress=progress)
     done = time.perf_counter()
     path = save_grid(images, args.prompt, args.num_images, args.out, args.scale)
     per_step = (done - loaded) / args.steps
