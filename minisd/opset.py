@@ -60,11 +60,6 @@ class OpSet:
         if kernels not in KERNEL_SOURCES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_SOURCES)}, got {kernels!r}")
         self.backend, self.kernels, self.log = backend, kernels, log
-        self._zero_cache = {}
-        # numba-cuda on a real GPU cannot pass None to a kernel (its simulator can), and minisd/ops/numba's
-        # linear and scheduler-step kernels get None for a missing bias / noise: pass zeros instead, which
-        # computes the same. Remove once minisd/ops/numba handles None on the host side.
-        self._numba_needs_arrays = backend == "numba"
         self.blocks = {}  # name -> a lesson's block, returning None once it fell back (see minisd.forward)
         # Arrays live on the backend's device, except with a lesson's kernels (numpy in, numpy out).
         self.on_host = backend == "numpy" or kernels != "minisd"
@@ -83,8 +78,6 @@ class OpSet:
         for name, fn in table.items():
             if name not in ("conv2d", "linear"):
                 setattr(self, name, fn)
-        if self._numba_needs_arrays:
-            self.ddim_step = self._numba_ddim_step
 
     def _lesson_overrides(self, kernels, table):
         module_name = f"{kernels}.lesson11"
@@ -150,24 +143,10 @@ class OpSet:
         return out if residual is None else self.add(out, residual)
 
     def linear(self, x, weight, bias=None, residual=None):
-        if bias is None and self._numba_needs_arrays:
-            bias = self._zeros(weight.shape[0])
         if self.fused_epilogues:
             return self._table["linear"](x, weight, bias, residual=residual)
         out = self._table["linear"](x, weight, bias)
         return out if residual is None else self.add(out, residual)
-
-    def _numba_ddim_step(self, sample, eps, alpha_prod_t, alpha_prod_t_prev, eta=0.0, noise=None, *clip):
-        if (
-            eta == 0
-        ):  # eta 1e-30 with zero noise: the same coefficients to float64 precision, but a noise array
-            eta, noise = 1e-30, self._zeros(sample.size).reshape(*sample.shape)
-        return self._table["ddim_step"](sample, eps, alpha_prod_t, alpha_prod_t_prev, eta, noise, *clip)
-
-    def _zeros(self, n):
-        if n not in self._zero_cache:
-            self._zero_cache[n] = self.to_device(np.zeros(n, np.float32))
-        return self._zero_cache[n]
 
     def to_device(self, x):
         """A host (numpy) array where this op set wants its arrays."""
