@@ -20,6 +20,9 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     os.environ["COURSE_TARGET"] = "solutions" if config.getoption("--solutions") else "exercises"
+    # Tiny, ragged test grids are the point. Added here, not in pyproject.toml: naming the warning's class
+    # there makes pytest import numba before minisd.mode has chosen the simulator.
+    config.addinivalue_line("filterwarnings", "ignore::numba.core.errors.NumbaPerformanceWarning")
 
 
 def _asked_for_exercises(config):

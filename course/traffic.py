@@ -292,3 +292,13 @@ def assert_each_element_read(a, at_most):
             f"{a.name}: element {idx} was read {int(counts.max())} times from global memory; at most {at_most} "
             f"allowed."
         )
+
+
+def maybe_track(array, name):
+    """The array to hand a kernel under test: counted in the simulator, the plain array on a GPU (no counters)."""
+    return track(array, name) if mode.SIMULATOR else array
+
+
+def plain(array):
+    """The numpy array behind a tracked one (or the array itself): for checking results."""
+    return array.data if isinstance(array, TrackedArray) else array

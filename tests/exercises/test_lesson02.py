@@ -18,15 +18,6 @@ ex = load("lesson02")
 rng = np.random.default_rng()
 
 
-def tracked(a, name):
-    """The array a kernel gets: counted by course.traffic in the simulator, plain numpy on a GPU."""
-    return traffic.track(a, name) if mode.SIMULATOR else a
-
-
-def host(a):
-    return a.data if isinstance(a, traffic.TrackedArray) else a
-
-
 def _odd(low, high):
     return int(rng.integers(low, high)) | 1
 
@@ -43,12 +34,12 @@ def test_normalize_planar_image(channels):
     img = rng.uniform(0, 1, (channels, h, w)).astype(np.float32)
     mean = rng.uniform(0.2, 0.6, channels).astype(np.float32)
     std = rng.uniform(0.1, 0.4, channels).astype(np.float32)
-    x, out = tracked(img, "img"), tracked(poison(img.shape), "out")
+    x, out = traffic.maybe_track(img, "img"), traffic.maybe_track(poison(img.shape), "out")
     threads = 64
     ex.normalize_kernel[math.ceil(img.size / threads), threads](x, mean, std, out)
     t = torch.from_numpy(img).double()
     ref = (t - torch.from_numpy(mean).double()[:, None, None]) / torch.from_numpy(std).double()[:, None, None]
-    assert_close(host(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="normalize_kernel output")
+    assert_close(traffic.plain(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="normalize_kernel output")
     if mode.SIMULATOR:
         traffic.assert_reads_per_thread(x, at_most=1)
         traffic.assert_coalesced(x)
@@ -64,10 +55,10 @@ def test_normalize_planar_image(channels):
 def test_column_sums_are_coalesced():
     rows, cols = _odd(9, 21), _odd(40, 70)
     a = rng.standard_normal((rows, cols)).astype(np.float32)
-    x, out = tracked(a, "a"), tracked(poison(cols), "out")
+    x, out = traffic.maybe_track(a, "a"), traffic.maybe_track(poison(cols), "out")
     ex.column_sums_kernel[math.ceil(cols / 32), 32](x, out)
     ref = torch.from_numpy(a).double().sum(dim=0)
-    assert_close(host(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="column_sums_kernel output")
+    assert_close(traffic.plain(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="column_sums_kernel output")
     if mode.SIMULATOR:
         traffic.assert_each_element_read(x, at_most=1)
         traffic.assert_coalesced(x)
@@ -89,10 +80,12 @@ def _to_uint8_reference(img):
 def test_chw_float_to_hwc_uint8(fill):
     h, w = _odd(7, 15), _odd(9, 19)
     img = rng.uniform(-1.2, 1.2, (3, h, w)).astype(np.float32)  # a little outside [-1, 1]: clamp it
-    x = tracked(img, "img")
-    out = tracked(np.full((h, w, 3), fill, np.uint8), "out")  # a uint8 output cannot hold NaN: try two fills
+    x = traffic.maybe_track(img, "img")
+    out = traffic.maybe_track(
+        np.full((h, w, 3), fill, np.uint8), "out"
+    )  # a uint8 output cannot hold NaN: try two fills
     ex.chw_to_hwc_uint8_kernel[(math.ceil(w / 8), math.ceil(h / 8)), (8, 8)](x, out)
-    got = host(out).astype(np.float64)
+    got = traffic.plain(out).astype(np.float64)
     ref = _to_uint8_reference(img)
     assert got.shape == ref.shape
     worst = np.abs(got - ref).max()

@@ -21,14 +21,6 @@ ex = load("lesson03")
 rng = np.random.default_rng()
 
 
-def tracked(a, name):
-    return traffic.track(a, name) if mode.SIMULATOR else a
-
-
-def host(a):
-    return a.data if isinstance(a, traffic.TrackedArray) else a
-
-
 def _odd(low, high):
     return int(rng.integers(low, high)) | 1
 
@@ -47,10 +39,10 @@ def _blur1d_reference(x, r):
 def test_blur1d_with_halo():
     n = _odd(150, 260)
     x = rng.standard_normal(n).astype(np.float32)
-    tx, out = tracked(x, "x"), tracked(poison(n), "out")
+    tx, out = traffic.maybe_track(x, "x"), traffic.maybe_track(poison(n), "out")
     ex.blur1d_kernel[math.ceil(n / ex.THREADS), ex.THREADS](tx, out)
     assert_close(
-        host(out), _blur1d_reference(x, ex.RADIUS), rtol=1e-5, atol=1e-5, what="blur1d_kernel output"
+        traffic.plain(out), _blur1d_reference(x, ex.RADIUS), rtol=1e-5, atol=1e-5, what="blur1d_kernel output"
     )
     if mode.SIMULATOR:
         traffic.assert_reads_per_block(tx, at_most=ex.THREADS + 2 * ex.RADIUS)
@@ -67,12 +59,12 @@ def test_blur1d_with_halo():
 def test_blur2d_with_halo():
     h, w = _odd(11, 19), _odd(19, 29)
     img = rng.uniform(0, 1, (h, w)).astype(np.float32)
-    timg, out = tracked(img, "img"), tracked(poison((h, w)), "out")
+    timg, out = traffic.maybe_track(img, "img"), traffic.maybe_track(poison((h, w)), "out")
     tx, ty = ex.TILE_X, ex.TILE_Y
     ex.blur2d_kernel[(math.ceil(w / tx), math.ceil(h / ty)), (tx, ty)](timg, out)
     t = F.pad(torch.from_numpy(img).double()[None, None], (1, 1, 1, 1), mode="replicate")
     ref = F.avg_pool2d(t, 3, stride=1)[0, 0].numpy()
-    assert_close(host(out), ref, rtol=1e-5, atol=1e-6, what="blur2d_kernel output")
+    assert_close(traffic.plain(out), ref, rtol=1e-5, atol=1e-6, what="blur2d_kernel output")
     if mode.SIMULATOR:
         traffic.assert_reads_per_block(timg, at_most=(tx + 2) * (ty + 2))
         traffic.assert_reads_per_thread(timg, at_most=4)
@@ -89,12 +81,12 @@ def test_block_sum_tree():
     x = rng.standard_normal(n).astype(np.float32)
     per_block = 2 * ex.THREADS
     blocks = math.ceil(n / per_block)
-    tx, partial = tracked(x, "x"), tracked(poison(blocks), "partial")
+    tx, partial = traffic.maybe_track(x, "x"), traffic.maybe_track(poison(blocks), "partial")
     ex.block_sum_kernel[blocks, ex.THREADS](tx, partial)
     padded = np.zeros(blocks * per_block)
     padded[:n] = x
     ref = torch.from_numpy(padded).view(blocks, per_block).sum(dim=1).numpy()
-    assert_close(host(partial), ref, rtol=1e-4, atol=1e-4, what="block_sum_kernel partial sums")
+    assert_close(traffic.plain(partial), ref, rtol=1e-4, atol=1e-4, what="block_sum_kernel partial sums")
     if mode.SIMULATOR:
         traffic.assert_reads_per_thread(tx, at_most=2)
         traffic.assert_each_element_read(tx, at_most=1)
@@ -111,10 +103,10 @@ def test_block_sum_tree():
 def test_row_max_with_warp_shuffles(cols):
     rows = _odd(3, 8)
     a = rng.standard_normal((rows, cols)).astype(np.float32) - 10.0  # all negative: 0 is a wrong start
-    ta, out = tracked(a, "a"), tracked(poison(rows), "out")
+    ta, out = traffic.maybe_track(a, "a"), traffic.maybe_track(poison(rows), "out")
     ex.row_max_kernel[rows, 32](ta, out)
     ref = torch.from_numpy(a).double().amax(dim=1).numpy()
-    assert_close(host(out), ref, rtol=0, atol=0, what="row_max_kernel output")
+    assert_close(traffic.plain(out), ref, rtol=0, atol=0, what="row_max_kernel output")
     source = inspect.getsource(ex.row_max_kernel.py_func)
     assert "shared.array" not in source, (
         "row_max_kernel: combine the lanes with warp shuffles, no shared memory"
@@ -135,11 +127,11 @@ def test_privatised_histogram(nbins):
     n = _odd(600, 1200)
     x = rng.integers(0, nbins, n).astype(np.int32)
     x[: n // 4] = nbins // 2  # a hot bin: many threads collide on it
-    tx, hist = tracked(x, "x"), tracked(np.zeros(nbins, np.int32), "hist")
+    tx, hist = traffic.maybe_track(x, "x"), traffic.maybe_track(np.zeros(nbins, np.int32), "hist")
     blocks, threads = 3, 64
     ex.histogram_kernel[blocks, threads](tx, hist)
     ref = torch.bincount(torch.from_numpy(x).long(), minlength=nbins).numpy()
-    got = host(hist)
+    got = traffic.plain(hist)
     assert np.array_equal(got, ref), f"histogram_kernel: got {got.tolist()}, expected {ref.tolist()}"
     if mode.SIMULATOR:
         traffic.assert_each_element_read(tx, at_most=1)
@@ -156,12 +148,12 @@ def test_block_scan():
     n = _odd(150, 300)
     x = rng.standard_normal(n).astype(np.float32)
     blocks = math.ceil(n / ex.THREADS)
-    tx, out = tracked(x, "x"), tracked(poison(n), "out")
+    tx, out = traffic.maybe_track(x, "x"), traffic.maybe_track(poison(n), "out")
     ex.block_scan_kernel[blocks, ex.THREADS](tx, out)
     padded = torch.zeros(blocks * ex.THREADS, dtype=torch.float64)
     padded[:n] = torch.from_numpy(x).double()
     ref = padded.view(blocks, ex.THREADS).cumsum(dim=1).flatten()[:n].numpy()
-    assert_close(host(out), ref, rtol=1e-4, atol=1e-4, what="block_scan_kernel output")
+    assert_close(traffic.plain(out), ref, rtol=1e-4, atol=1e-4, what="block_scan_kernel output")
     if mode.SIMULATOR:
         traffic.assert_reads_per_thread(tx, at_most=1)
         traffic.assert_writes_per_thread(out, at_most=1)

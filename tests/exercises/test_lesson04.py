@@ -16,14 +16,6 @@ ex = load("lesson04")
 rng = np.random.default_rng()
 
 
-def tracked(a, name):
-    return traffic.track(a, name) if mode.SIMULATOR else a
-
-
-def host(a):
-    return a.data if isinstance(a, traffic.TrackedArray) else a
-
-
 def _odd(low, high):
     return int(rng.integers(low, high)) | 1
 
@@ -36,7 +28,11 @@ def operands(m, n, k):
 
 
 def run(kernel, grid, block, a, b, m, n):
-    ta, tb, c = tracked(a, "A"), tracked(b, "B"), tracked(poison((m, n)), "C")
+    ta, tb, c = (
+        traffic.maybe_track(a, "A"),
+        traffic.maybe_track(b, "B"),
+        traffic.maybe_track(poison((m, n)), "C"),
+    )
     kernel[grid, block](ta, tb, c)
     return ta, tb, c
 
@@ -50,7 +46,7 @@ def test_naive_matmul_ragged():
     m, n, k = _odd(9, 19), _odd(11, 25), _odd(5, 31)
     a, b, ref = operands(m, n, k)
     ta, tb, c = run(ex.matmul_naive_kernel, (math.ceil(n / 8), math.ceil(m / 8)), (8, 8), a, b, m, n)
-    assert_close(host(c), ref, rtol=1e-4, atol=1e-4, what="matmul_naive_kernel C")
+    assert_close(traffic.plain(c), ref, rtol=1e-4, atol=1e-4, what="matmul_naive_kernel C")
     if mode.SIMULATOR:
         traffic.assert_writes_per_thread(c, at_most=1)
 
@@ -69,7 +65,7 @@ def test_tiled_matmul_ragged(shape):
     a, b, ref = operands(m, n, k)
     t = ex.TILE
     ta, tb, c = run(ex.matmul_tiled_kernel, (math.ceil(n / t), math.ceil(m / t)), (t, t), a, b, m, n)
-    assert_close(host(c), ref, rtol=1e-4, atol=1e-4, what="matmul_tiled_kernel C")
+    assert_close(traffic.plain(c), ref, rtol=1e-4, atol=1e-4, what="matmul_tiled_kernel C")
     if mode.SIMULATOR:
         steps = math.ceil(k / t)
         traffic.assert_reads_per_thread(ta, at_most=steps)
@@ -93,7 +89,7 @@ def test_register_blocked_matmul_ragged(shape):
     a, b, ref = operands(m, n, k)
     grid = (math.ceil(n / ex.BN), math.ceil(m / ex.BM))
     ta, tb, c = run(ex.matmul_register_kernel, grid, (ex.THREADS_X, ex.THREADS_Y), a, b, m, n)
-    assert_close(host(c), ref, rtol=1e-4, atol=1e-4, what="matmul_register_kernel C")
+    assert_close(traffic.plain(c), ref, rtol=1e-4, atol=1e-4, what="matmul_register_kernel C")
     if mode.SIMULATOR:
         # a block reads its BM rows of A and BN columns of B once: that reuse is the point of the tile
         traffic.assert_reads_per_block(ta, at_most=ex.BM * k)
