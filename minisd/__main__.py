@@ -42,16 +42,34 @@ def sample_parser(sub):
     return p
 
 
+def check_out_path(out, suffix):
+    """A file we can create: its folder must exist (a typo should not silently make new folders)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise CliError(f"--out must name a {suffix} file, got {str(out)!r}", EXIT_USAGE)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; name a {suffix} file in it", EXIT_USAGE)
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: the folder {out.parent} does not exist", EXIT_USAGE)
+
+
 def check_sample_args(args):
     """Everything that can be checked before the (slow) weights load and sampling."""
     import minisd.mode as mode
-    from minisd.pipeline import DEFAULT_PROMPT
+    from minisd.pipeline import DEFAULT_PROMPT, check_guidance
     from minisd.text import tokenize
 
     args.prompt = args.prompt or [DEFAULT_PROMPT]
     for name in ("num_images", "steps", "scale"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1", EXIT_USAGE)
+    check_out_path(args.out, ".png")
+    try:
+        check_guidance(args.guidance)
+    except ValueError:
+        raise CliError(f"--guidance must be a finite number >= 0, got {args.guidance}", EXIT_USAGE) from None
     try:
         tokenize(args.prompt)
         mode.check_backend(args.backend or mode.default_backend())
@@ -82,15 +100,29 @@ def run_sample(args):
     except WeightsError as err:
         raise CliError(str(err)) from None
     loaded = time.perf_counter()
+    most = pipe.scheduler.config.num_train_timesteps
+    if args.steps > most:
+        raise CliError(f"--steps must be at most {most}, the timesteps this model was trained on", EXIT_USAGE)
     with tqdm(total=args.steps, unit="step", desc="denoising") as bar:
 
         def progress(i, n):  # n = steps, or steps x chunks when the CPU samples a big batch in chunks
             bar.total, bar.n = n, i + 1
             bar.refresh()
+            if i == 0 and args.kernels != "minisd" and not pipe.ops.lesson_ran:
+                # one UNet evaluation called every op: none of the lesson's worked, so the picture
+                # would be minisd's own, labelled as the learner's
+                raise CliError(
+                    f"--kernels {args.kernels}: {args.kernels}/lesson11.py implements none of minisd's ops "
+                    "yet (each raised NotImplementedError); finish lesson 11's exercises, or use "
+                    "--kernels minisd"
+                )
 
         images = pipe(prompts, args.steps, args.guidance, args.seed, progress=progress)
     done = time.perf_counter()
-    path = save_grid(images, args.prompt, args.num_images, args.out, args.scale)
+    try:
+        path = save_grid(images, args.prompt, args.num_images, args.out, args.scale)
+    except OSError as err:
+        raise CliError(f"cannot write {args.out}: {err.strerror or err}") from None
     per_step = (done - loaded) / args.steps
     print(f"load {loaded - start:.2f} s, sampling {done - loaded:.2f} s ({per_step * 1e3:.1f} ms/step)")
     print(f"wrote {path}")

@@ -36,6 +36,17 @@ TARGETS = {  # from the course plan, checked on an H100
 }
 
 
+# every contender, in the table's order; contenders() keeps those this machine can run
+CONTENDERS = (
+    "minisd-cupy-graphs",
+    "torch-eager",
+    "torch-compile",
+    "minisd-numpy",
+    "minisd-numba",
+    "minisd-cupy-eager",
+)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m minisd bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="images per run (default 1 64)")
@@ -43,10 +54,19 @@ def parse_args(argv):
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     p.add_argument("--numpy-steps", type=int, default=3, help="steps timed on numpy, then extrapolated")
-    p.add_argument("--only", nargs="+", help="contenders to run (default all this machine can)")
+    p.add_argument(
+        "--only", nargs="+", choices=CONTENDERS, help="contenders to run (default all this machine can)"
+    )
     p.add_argument("--weights", help="weights file (default: the trained one; random weights if missing)")
     p.add_argument("--out", help="JSON path (default benchmarks/<gpu-name>.json)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.batches) < 1 or args.steps < 1 or args.repeats < 1:
+        p.error("--batches, --steps and --repeats must be at least 1")
+    if not 1 <= args.numpy_steps <= args.steps:
+        p.error(f"--numpy-steps must be between 1 and --steps ({args.steps})")
+    if not 0 <= args.guidance < float("inf"):
+        p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    return args
 
 
 def slug(name):
@@ -54,12 +74,15 @@ def slug(name):
 
 
 def load_weights(path):
+    """The given file (any problem is an error), else the trained one, else random weights of the same shapes."""
     from minisd import weights
 
     try:
         state, config = weights.load(path)
         return state, config, "trained"
     except weights.WeightsError:
+        if path is not None:
+            raise
         import torch
 
         from minisd.model import MiniSD, default_config
@@ -292,13 +315,21 @@ def markdown(report):
 
 
 def main(argv=None):
+    from minisd.weights import WeightsError
+
     args = parse_args(argv)
-    state, config, weights_kind = load_weights(args.weights)
     available = contenders()
     chosen = args.only or list(available)
     unknown = [n for n in chosen if n not in available]
     if unknown:
-        raise SystemExit(f"error: cannot run {unknown} here; available: {', '.join(available)}")
+        why = "" if mode.has_cupy() else " (no GPU found)" if not mode.ON_GPU else " (CuPy is not installed)"
+        raise SystemExit(
+            f"error: cannot run {', '.join(unknown)} here{why}; available: {', '.join(available)}"
+        )
+    try:
+        state, config, weights_kind = load_weights(args.weights)
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
     gpu = mode.gpu_name() or "cpu"
     print(f"minisd bench on {gpu}: {args.steps} DDIM steps, guidance {args.guidance}, weights {weights_kind}")
     out = Path(args.out or Path("benchmarks") / f"{slug(gpu)}.json")

@@ -44,27 +44,46 @@ def score(images, prompts):
 
 
 def parse_args(argv):
+    from minisd.mode import BACKENDS
+
     p = argparse.ArgumentParser(prog="python -m minisd eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--steps", type=int, default=25, help="DDIM steps per image")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: the fastest here)")
+    p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images generated per call")
-    return p.parse_args(argv)
+    p.add_argument("--weights", help="a minisd .safetensors file (default: the trained one)")
+    args = p.parse_args(argv)
+    for name in ("num_images", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     import minisd
+    import minisd.mode as mode
+    from minisd.pipeline import check_guidance
+    from minisd.weights import WeightsError
 
+    try:  # before the (slow) sampling: a bad option is one line, not a traceback
+        mode.check_backend(args.backend or mode.default_backend())
+        if args.guidance is not None:
+            check_guidance(args.guidance)
+    except (ValueError, RuntimeError) as err:
+        sys.exit(f"error: {err}")
     prompts = random_prompts(args.num_images, np.random.default_rng(args.seed))
-    options = {"num_inference_steps": args.steps, "backend": args.backend}
+    options = {"num_inference_steps": args.steps, "backend": args.backend, "weights_path": args.weights}
     if args.guidance is not None:
         options["guidance_scale"] = args.guidance
     start, images = time.time(), []
     for i in range(0, len(prompts), args.batch_size):
-        images.append(minisd.generate(prompts[i : i + args.batch_size], seed=args.seed + i, **options))
+        try:
+            images.append(minisd.generate(prompts[i : i + args.batch_size], seed=args.seed + i, **options))
+        except (WeightsError, ValueError) as err:  # the prompts are valid: the options or the file are not
+            sys.exit(f"error: {err}")
     seconds = time.time() - start
     accuracy = score(np.concatenate(images), prompts)
 

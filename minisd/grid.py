@@ -28,6 +28,5 @@ def save_grid(images, prompts, per_prompt, path, scale=4):
             )
             canvas.paste(tile, (GAP * scale + col * cell_w, top + CAPTION_HEIGHT + GAP * scale))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path

@@ -61,6 +61,7 @@ class OpSet:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_SOURCES)}, got {kernels!r}")
         self.backend, self.kernels, self.log = backend, kernels, log
         self.blocks = {}  # name -> a lesson's block, returning None once it fell back (see minisd.forward)
+        self.lesson_ran = set()  # names of the lesson's ops and blocks that returned a result
         # Arrays live on the backend's device, except with a lesson's kernels (numpy in, numpy out).
         self.on_host = backend == "numpy" or kernels != "minisd"
         self.fused_epilogues = backend == "cupy" and kernels == "minisd"
@@ -111,13 +112,16 @@ class OpSet:
 
         def call(*args, **kwargs):
             try:
-                return state["fn"](*args, **kwargs)
+                out = state["fn"](*args, **kwargs)
             except NotImplementedError as err:
                 if state["fn"] is ours:
                     raise
                 self.log(f"note: {module_name}.{name}() is not implemented yet ({err}): using minisd's")
                 state["fn"] = ours
                 return ours(*args, **kwargs)
+            if state["fn"] is theirs:
+                self.lesson_ran.add(name)
+            return out
 
         return call
 
@@ -128,7 +132,9 @@ class OpSet:
         def call(*args):
             if state["on"]:
                 try:
-                    return theirs(*args)
+                    out = theirs(*args)
+                    self.lesson_ran.add(name)
+                    return out
                 except NotImplementedError as err:
                     self.log(f"note: {module_name}.{name}() is not implemented yet ({err}): using minisd's")
                     state["on"] = False

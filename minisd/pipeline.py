@@ -8,6 +8,8 @@ numbers on every backend, so a seed gives the same picture everywhere (up to flo
 whole sampling loop is replayed from CUDA graphs (minisd/cuda_graphs.py).
 """
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, replace
 
@@ -51,6 +53,13 @@ class SamplingPlan:
     def timestep_rows(self):
         """(steps * rows,) float32: each step's timestep once per UNet row."""
         return np.repeat(np.asarray(self.timesteps, np.float32), self.rows)
+
+
+def check_guidance(guidance_scale):
+    """guidance_scale is a finite number >= 0 (0: unconditional, 1: conditional only, > 1: guided)."""
+    if not isinstance(guidance_scale, numbers.Real) or not 0 <= guidance_scale < math.inf:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    return float(guidance_scale)
 
 
 def concat_batch(ops, a, b):
@@ -180,6 +189,7 @@ class MiniSDPipeline:
             raise ValueError("prompts is empty: pass at least one prompt")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        check_guidance(guidance_scale)
         plan = self.plan(len(prompts), num_inference_steps, guidance_scale)
         ids = tokenize(([""] * len(prompts) if plan.guided else []) + prompts)
         one_hot = forward.one_hot_tokens(ids, self.config["text_encoder"]["vocab_size"])

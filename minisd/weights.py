@@ -144,6 +144,8 @@ def _check_tensors(path, tensors, config):
 def load(path=None):
     """Check and read the weights -> (dict of float32 numpy arrays, config dict with a "vocab" list)."""
     path = Path(path or DEFAULT_PATH)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder; pass the path of a minisd .safetensors file")
     if not path.exists():
         raise WeightsError(
             f"no minisd weights at {path}. Train them with `python -m minisd train` "

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import minisd.mode as mode
 from minisd import weights
 from minisd.model import MiniSD, default_config
 from minisd.text import VOCAB
@@ -84,6 +85,104 @@ def test_missing_weights_is_a_clear_error(tmp_path):
 def test_bad_numbers_are_usage_errors():
     result = minisd_cli("sample", "--steps", 0)
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--guidance", -1], "--guidance must be a finite number >= 0, got -1.0"),
+        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+        (["--out", "no_such_folder/grid.png"], "the folder no_such_folder does not exist"),
+        (["--out", "grid.jpg"], "--out must name a .png file"),
+        (["--steps", 1001], "--steps must be at most 1000"),
+    ],
+)
+def test_bad_options_are_one_line_errors(weights_file, args, message):
+    result = minisd_cli("sample", "--weights", weights_file, "--backend", "numpy", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (REPO / "no_such_folder").exists(), "a mistyped --out folder must not be created"
+
+
+def _broken(weights_file, tmp_path, how):
+    """A copy of the weights, broken in one way; its .sha256 is rewritten where the checksum should pass."""
+    path = tmp_path / "broken.safetensors"
+    data = bytearray(Path(weights_file).read_bytes())
+    if how == "corrupt":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(data)
+        weights.checksum_path(path).write_text(weights.checksum_path(weights_file).read_text())
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+        weights.checksum_path(path).write_text(f"{weights.sha256_of(path)}  {path.name}\n")
+    else:  # mismatched: a valid file of a model with other shapes
+        torch.manual_seed(0)
+        model = MiniSD(default_config())
+        state = model.state_dict()
+        state["unet.conv_in.weight"] = torch.zeros(16, 3, 3, 3)
+        weights.save(state, model.config, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("corrupt", "is corrupt or was changed"),
+        ("truncated", "is not a readable safetensors file"),
+        ("mismatched", "unet.conv_in.weight: (16, 3, 3, 3) instead of (32, 3, 3, 3)"),
+    ],
+)
+def test_broken_weights_are_one_line_errors(weights_file, tmp_path, how, message):
+    path = _broken(weights_file, tmp_path, how)
+    for command in (["sample", "--out", tmp_path / "x.png"], ["eval", "--num-images", 1]):
+        result = minisd_cli(*command, "--weights", path, "--backend", "numpy", "--steps", 1)
+        assert result.returncode == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch, capsys):
+    """--kernels exercises where every op still raises NotImplementedError: no picture passed off as theirs."""
+    import types
+
+    from minisd.__main__ import main
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError("Exercise 11.1: linear")
+
+    lesson = types.ModuleType("exercises.lesson11")
+    lesson.linear = lesson.gelu = lesson.conv2d = stub
+    monkeypatch.setitem(sys.modules, "exercises.lesson11", lesson)
+    out = tmp_path / "x.png"
+    argv = ["sample", "--kernels", "exercises", "--weights", weights_file, "--backend", "numpy"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--out", str(out)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "exercises/lesson11.py implements none of minisd's ops yet" in err
+    assert not out.exists()
+
+
+def test_eval_and_bench_options_are_checked():
+    result = minisd_cli("eval", "--num-images", 0)
+    assert result.returncode == 2 and "--num-images must be at least 1" in result.stderr
+    result = minisd_cli("eval", "--guidance", -1)
+    assert result.returncode == 1 and "guidance_scale must be a finite number >= 0" in result.stderr
+    result = minisd_cli("bench", "--steps", 3, "--numpy-steps", 5)
+    assert result.returncode == 2 and "--numpy-steps must be between 1 and --steps (3)" in result.stderr
+    for command in ("eval", "bench"):
+        result = minisd_cli(command, "--weights", "none.safetensors")
+        assert result.returncode == 1 and "error: no minisd weights at none.safetensors" in result.stderr
+
+
+@pytest.mark.skipif(mode.ON_GPU, reason="checks the no-GPU message")
+def test_gpu_only_options_fail_clearly_without_a_gpu():
+    result = minisd_cli("eval", "--backend", "cupy")
+    assert result.returncode == 1 and "backend 'cupy' needs a CUDA GPU" in result.stderr
+    result = minisd_cli("bench", "--only", "minisd-cupy-graphs")
+    assert result.returncode == 1 and "cannot run minisd-cupy-graphs here (no GPU found)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_info():

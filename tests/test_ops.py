@@ -435,6 +435,20 @@ def test_float64_is_rejected(backend):
         ops.linear(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.int64), backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_numpy_inputs_are_made_contiguous(backend, gen):
+    x, w = r(gen, 2, 3, 5, 7), r(gen, 4, 3, 3, 3)
+    xt = x.transpose(0, 1, 3, 2)  # a strided view: a kernel reading it as C order would be wrong
+    assert_close(ops.conv2d(xt, w, padding=1, backend=backend), F.conv2d(t64(xt), t64(w), padding=1))
+    assert_close(ops.silu(x[:, :, :, ::2], backend=backend), F.silu(t64(x[:, :, :, ::2])))
+
+
+def test_non_contiguous_device_arrays_are_refused(gen):
+    device = ops.to_device(r(gen, 2, 3, 4, 6), "numba")
+    with pytest.raises(ValueError, match="x must be C-contiguous on the device"):
+        ops.silu(device[:, :, :, ::2], backend="numba")
+
+
 def test_bad_array_types():
     with pytest.raises(TypeError, match="CPU torch tensor"):
         ops.silu(torch.zeros(3), backend="numpy")

@@ -226,6 +226,11 @@ def test_bad_inputs_are_clear(small_weights):
         pipe("a red circle on a blue background", 0)
     with pytest.raises(ValueError, match="prompts is empty"):
         pipe([])
+    for bad in (-0.5, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+            pipe("a red circle on a blue background", 1, guidance_scale=bad)
+    with pytest.raises(ValueError, match="between 1 and num_train_timesteps=1000"):
+        pipe("a red circle on a blue background", 1001)
     with pytest.raises(weights.WeightsError, match="no minisd weights"):
         MiniSDPipeline.from_pretrained(small_weights.parent / "missing.safetensors")
     with pytest.raises(ValueError, match="kernels must be one of"):
@@ -252,10 +257,12 @@ def test_lesson_kernels_replace_ops_and_fall_back(monkeypatch, capsys):
     config = tiny_config()
     model = random_model(config)
     sample, timesteps, ids = inputs(config)
-    context, eps = forward_on(OpSet("numpy", kernels="solutions"), model, config, sample, timesteps, ids)
+    ops = OpSet("numpy", kernels="solutions")
+    context, eps = forward_on(ops, model, config, sample, timesteps, ids)
     ref_context, ref_eps = oracle(model, sample, timesteps, ids)
     assert_close(eps, ref_eps, "UNet with lesson kernels")
     assert calls["gelu"] > 0 and calls["linear"] == 1, calls
+    assert ops.lesson_ran == {"gelu"}, "the CLI refuses a run where this stays empty"
     out = capsys.readouterr().out
     assert out.count("solutions.lesson11.linear() is not implemented yet") == 1
     assert "using solutions.lesson11 for gelu, linear" in out
@@ -283,9 +290,11 @@ def test_lesson_blocks_replace_minisd_blocks(monkeypatch, capsys):
     config = tiny_config()
     model = random_model(config)
     sample, timesteps, ids = inputs(config)
-    _, eps = forward_on(OpSet("numpy", kernels="exercises"), model, config, sample, timesteps, ids)
+    ops = OpSet("numpy", kernels="exercises")
+    _, eps = forward_on(ops, model, config, sample, timesteps, ids)
     assert_close(eps, oracle(model, sample, timesteps, ids)[1], "UNet with a lesson's resnet_block")
     assert calls == {"resnet_block": 8, "transformer_block": 1}, calls  # 8 resnets in the tiny UNet
+    assert ops.lesson_ran == {"resnet_block"}
     out = capsys.readouterr().out
     assert "using exercises.lesson11 for resnet_block, transformer_block" in out
     assert out.count("transformer_block() is not implemented yet") == 1
