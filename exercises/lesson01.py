@@ -10,6 +10,7 @@ Read lessons/01_threads_blocks_grids.md first; the notebook draws every index pa
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
+import numpy as np  # noqa: F401  (np.float32 in the kernels)
 from numba import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010
@@ -101,7 +102,7 @@ def brighten_kernel(img, amount, out):
 
     Hints:
     * Two nested loops: rows outside, columns inside, like the 1-D grid-stride loop in each direction.
-    * ``min(max(v, 0.0), 1.0)`` clips inside a kernel.
+    * ``min(max(v, np.float32(0)), np.float32(1))`` clips inside a kernel (a bare ``0.0`` is a float64).
     """
     # TODO
     pass

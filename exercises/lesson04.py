@@ -52,7 +52,7 @@ def matmul_tiled_kernel(a, b, c):
 
     Hints:
     * sa = cuda.shared.array((TILE, TILE), float32) and sb likewise, one per line.
-    * sa[ty, tx] = a[row, k0 + tx] and sb[ty, tx] = b[k0 + ty, col], or 0.0 when out of range.
+    * sa[ty, tx] = a[row, k0 + tx] and sb[ty, tx] = b[k0 + ty, col], or float32(0) when out of range.
     * cuda.syncthreads() after the loads AND after the multiply-adds (before the next loads overwrite).
     * All threads of the block take part in the loads and barriers, even those outside C; only the
       final store is guarded.
@@ -78,8 +78,9 @@ def matmul_register_kernel(a, b, c):
     BM*K elements of A and BN*K of B (its rows and columns, once).
 
     Hints:
-    * sa = cuda.shared.array((BM, BK), float32), sb = cuda.shared.array((BK, BN), float32);
-      acc = cuda.local.array((TM, TN), float32) zeroed; a_reg, b_reg = local arrays of TM and TN.
+    * sa = cuda.shared.array((BM, BK), float32) and sb = cuda.shared.array((BK, BN), float32), one per
+      line (the simulator aliases two shared arrays declared on one line); acc =
+      cuda.local.array((TM, TN), float32) zeroed; a_reg, b_reg = local arrays of TM and TN.
     * For k0 in range(0, K, BK): the 64 threads load the 32x8 tile of A
       (``for e in range(tid, BM * BK, 64): r, k = e // BK, e % BK``) and the 8x32 tile of B, with zeros
       outside A and B; syncthreads; for k in range(BK): fill a_reg, b_reg from shared memory, then

@@ -3,9 +3,13 @@
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
+import numpy as np
 from numba import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010
+# float32 constants: a bare 0.299 or 1.0 is a float64 and drags the kernel's arithmetic into float64
+WR, WG, WB = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+ZERO, ONE = np.float32(0), np.float32(1)
 
 
 # 01.1 -------------------------------------------------------------------------------------------------
@@ -21,7 +25,7 @@ def add_kernel(a, b, out):
 def grayscale_kernel(img, gray):
     col, row = cuda.grid(2)  # x runs along a row (columns), y down the image (rows)
     if row < gray.shape[0] and col < gray.shape[1]:
-        gray[row, col] = 0.299 * img[row, col, 0] + 0.587 * img[row, col, 1] + 0.114 * img[row, col, 2]
+        gray[row, col] = WR * img[row, col, 0] + WG * img[row, col, 1] + WB * img[row, col, 2]
 
 
 # 01.3 -------------------------------------------------------------------------------------------------
@@ -64,4 +68,4 @@ def brighten_kernel(img, amount, out):
     for row in range(row0, out.shape[0], rows):
         for col in range(col0, out.shape[1], cols):
             for c in range(out.shape[2]):
-                out[row, col, c] = min(max(img[row, col, c] + amount, 0.0), 1.0)
+                out[row, col, c] = min(max(img[row, col, c] + amount, ZERO), ONE)

@@ -5,6 +5,7 @@ import math
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
+import numpy as np
 from numba import cuda
 
 
@@ -27,7 +28,7 @@ def column_sums_kernel(a, out):
     """Exercise 02.2 — ``out[j] = sum_i a[i, j]``: thread j walks down column j, so a warp reads a row segment."""
     j = cuda.grid(1)
     if j < a.shape[1]:
-        s = 0.0
+        s = np.float32(0)  # not 0.0: that is a float64, and so would every addition be
         for i in range(a.shape[0]):
             s += a[i, j]
         out[j] = s

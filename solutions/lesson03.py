@@ -17,6 +17,9 @@ MAX_BINS = 64  # 03.5: a histogram has at most this many bins
 # kernel (the simulator accepts it, a GPU refuses to compile it), so the tile sizes are computed here.
 HALO_LEN = THREADS + 2 * RADIUS  # 03.1: the 1-D tile with its halo
 TILE_H, TILE_W = TILE_Y + 2, TILE_X + 2  # 03.2: the 2-D tile with its 1-pixel halo
+# float32 constants: a bare 0.0 (or a division by an int) makes the kernels' arithmetic float64
+ZERO = np.float32(0)
+WIDTH = np.float32(2 * RADIUS + 1)  # 03.1: values averaged per output
 
 
 # 03.1 -------------------------------------------------------------------------------------------------
@@ -35,10 +38,10 @@ def blur1d_kernel(x, out):
         tile[t + 2 * RADIUS] = x[min(i + RADIUS, n - 1)]
     cuda.syncthreads()
     if i < n:
-        s = 0.0
+        s = ZERO
         for k in range(2 * RADIUS + 1):
             s += tile[t + k]
-        out[i] = s / (2 * RADIUS + 1)
+        out[i] = s / WIDTH
 
 
 # 03.2 -------------------------------------------------------------------------------------------------
@@ -57,11 +60,11 @@ def blur2d_kernel(img, out):
     cuda.syncthreads()
     x, y = cuda.grid(2)
     if y < h and x < w:
-        s = 0.0
+        s = ZERO
         for dy in range(3):
             for dx in range(3):
                 s += tile[ty + dy, tx + dx]
-        out[y, x] = s / 9
+        out[y, x] = s / np.float32(9)
 
 
 # 03.3 -------------------------------------------------------------------------------------------------
@@ -71,7 +74,7 @@ def block_sum_kernel(x, partial):
     buf = cuda.shared.array(THREADS, np.float32)
     t = cuda.threadIdx.x
     i = cuda.blockIdx.x * 2 * THREADS + t
-    s = 0.0
+    s = ZERO
     if i < x.size:
         s = x[i]
     if i + THREADS < x.size:
@@ -94,7 +97,7 @@ def row_max_kernel(a, out):
     """Exercise 03.4 — ``out[r] = max(a[r, :])``, one warp (block of 32) per row, combined with shuffles."""
     r = cuda.blockIdx.x
     lane = cuda.threadIdx.x
-    m = -np.inf
+    m = np.float32(-np.inf)  # a float32 start keeps max() and the shuffles in float32
     for c in range(lane, a.shape[1], 32):
         m = max(m, a[r, c])
     offset = 16
@@ -130,11 +133,11 @@ def block_scan_kernel(x, out):
     buf = cuda.shared.array(THREADS, np.float32)
     t = cuda.threadIdx.x
     i = cuda.grid(1)
-    buf[t] = x[i] if i < x.size else 0.0
+    buf[t] = x[i] if i < x.size else ZERO
     cuda.syncthreads()
     offset = 1
     while offset < THREADS:
-        v = buf[t - offset] if t >= offset else 0.0
+        v = buf[t - offset] if t >= offset else ZERO
         cuda.syncthreads()  # everyone has read before anyone writes
         buf[t] += v
         cuda.syncthreads()

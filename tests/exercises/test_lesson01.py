@@ -159,9 +159,9 @@ def test_grid_2d():
 def test_brighten_grid_stride_2d(blocks, threads):
     h, w = _odd(9, 19), _odd(21, 31)
     img = _image(h, w)
-    amount = float(rng.choice([-1, 1]) * rng.uniform(0.1, 0.4))
+    amount = np.float32(rng.choice([-1, 1]) * rng.uniform(0.1, 0.4))  # a Python float would be float64
     out = launch(ex.brighten_kernel, blocks, threads, (h, w, 3), img, amount, OUT)
-    ref = torch.clamp(torch.from_numpy(img).double() + amount, 0.0, 1.0)
+    ref = torch.clamp(torch.from_numpy(img).double() + float(amount), 0.0, 1.0)
     assert_close(
         out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads"
     )

@@ -1,16 +1,16 @@
 """Graded tests for lesson 06 (convolution). Oracle: torch.nn.functional.conv2d / unfold in float64 on fresh ragged
-inputs; outputs poisoned so an unwritten element fails."""
+inputs; outputs poisoned so an unwritten element fails. In the simulator the kernels get course.traffic arrays:
+each output is written once, and neighbouring threads write neighbouring addresses (coalesced)."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import minisd.mode  # noqa: F401  (before numba.cuda)
+import minisd.mode as mode  # before numba.cuda
 
 # isort: split
-from numba import cuda
-
+from course import traffic
 from course.grading import assert_close, load, poison
 
 ex = load("lesson06")
@@ -51,12 +51,15 @@ def test_conv2d_kernel(case):
     N, C, H, W, O, kh, kw, s, p = case
     x, w, b = _data(N, C, H, W, O, kh, kw)
     OH, OW = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
-    out = cuda.to_device(poison((N, O, OH, OW)))
+    tx, out = traffic.maybe_track(x, "x"), traffic.maybe_track(poison((N, O, OH, OW)), "out")
     total = out.size
-    ex.conv2d_kernel[(total + 63) // 64, 64](
-        cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), out, s, s, p, p
-    )
-    assert_close(out.copy_to_host(), _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d {case}")
+    ex.conv2d_kernel[(total + 63) // 64, 64](tx, w, b, out, s, s, p, p)
+    got = traffic.plain(out)
+    assert_close(got, _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d {case}")
+    if mode.SIMULATOR:
+        traffic.assert_writes_per_thread(out, at_most=1)  # accumulate in a register, write once
+        traffic.assert_coalesced(out, kind=traffic.WRITE)  # ox fastest: neighbours write neighbours
+        traffic.assert_reads_per_thread(tx, at_most=C * kh * kw)  # padding taps are skipped, never read
 
 
 @pytest.mark.exercise(
@@ -70,9 +73,13 @@ def test_im2col_matches_unfold(case):
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     ref = F.unfold(torch.from_numpy(x).double(), (kh, kw), padding=p, stride=s).numpy()
     OW = (W + 2 * p - kw) // s + 1
-    cols = cuda.to_device(poison(ref.shape))
-    ex.im2col_kernel[(cols.size + 63) // 64, 64](cuda.to_device(x), cols, kh, kw, s, s, p, p, OW)
-    assert_close(cols.copy_to_host(), ref, what=f"im2col {case}")
+    tx, cols = traffic.maybe_track(x, "x"), traffic.maybe_track(poison(ref.shape), "cols")
+    ex.im2col_kernel[(cols.size + 63) // 64, 64](tx, cols, kh, kw, s, s, p, p, OW)
+    assert_close(traffic.plain(cols), ref, what=f"im2col {case}")
+    if mode.SIMULATOR:
+        traffic.assert_writes_per_thread(cols, at_most=1)
+        traffic.assert_coalesced(cols, kind=traffic.WRITE)  # the output column (oy, ox) varies fastest
+        traffic.assert_reads_per_thread(tx, at_most=1)
 
 
 @pytest.mark.exercise(
