@@ -39,6 +39,11 @@ What the simulator reproduces:
 The ``*_w`` functions add CUDA C++'s ``width`` argument (a power of two, 1..32): the warp is cut into
 segments of ``width`` lanes and each segment shuffles on its own. They are device functions built on
 ``shfl_sync``, identical on GPU and simulator. ``source_lane`` is the PTX rule itself, usable on the host.
+
+Not supported in the simulator (use them only in kernels that run on a GPU): ``cuda.syncwarp``,
+``cuda.activemask``, ``cuda.lanemask_lt``, ``cuda.match_any_sync``/``match_all_sync``. Nor is lockstep
+execution modelled: code that relies on a warp's lanes staying in step (warp-synchronous shared memory
+without ``syncwarp``) may pass here and race on a GPU — ``compute-sanitizer --tool racecheck`` finds it.
 """
 
 import threading

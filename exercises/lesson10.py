@@ -20,9 +20,8 @@ from numba import cuda
 from minisd.ops.rng import GOLDEN, M1, M2, key_of
 
 THREADS = 256
-if (
-    mode.SIMULATOR
-):  # the simulator runs uint64 math on numpy scalars, which warn when they wrap (the GPU never does)
+# The simulator runs uint64 math on numpy scalars, which warn when they wrap (the GPU never does).
+if mode.SIMULATOR:
     warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
 
 

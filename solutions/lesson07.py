@@ -53,7 +53,7 @@ def softmax_kernel(x, out):
             s = s * math.exp(m - m_new) + s_o * math.exp(m_o - m_new)
         m = m_new
         offset //= 2
-    inv = 1.0 / s
+    inv = float32(1.0) / s  # a bare 1.0 is a float64 literal: it would make the last pass float64
     for j in range(lane, D, WARP):
         out[row, j] = math.exp(x[row, j] - m) * inv
 
@@ -102,12 +102,12 @@ def group_norm_kernel(x, w, b, out, num_groups, eps, silu):
         cuda.syncthreads()
         stride //= 2
     mu = mean[0]
-    rstd = 1.0 / math.sqrt(m2[0] / float32(size) + eps)  # biased variance, like torch
+    rstd = float32(1.0) / math.sqrt(m2[0] / float32(size) + eps)  # biased variance, like torch
     for i in range(t, size, NORM_THREADS):
         c = c0 + i // S
         y = (x[n, c, i % S] - mu) * rstd * w[c] + b[c]
         if silu:
-            y = y / (1.0 + math.exp(-y))
+            y = y / (float32(1.0) + math.exp(-y))
         out[n, c, i % S] = y
 
 

@@ -57,7 +57,7 @@ def attention_row_kernel(q, k, v, out, scale):
         for d in range(Dv):
             acc[d] = acc[d] * alpha + p * v[bh, j, d]
         m = m_new
-    inv = 1.0 / s
+    inv = float32(1.0) / s  # float32(1.0): a bare 1.0 is float64 and would turn the output pass float64
     for d in range(Dv):
         out[bh, i, d] = acc[d] * inv
 

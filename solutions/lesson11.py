@@ -15,7 +15,7 @@ import minisd.mode as mode  # first: picks the simulator before numba.cuda loads
 
 # isort: split
 import numpy as np
-from numba import cuda
+from numba import cuda, float32
 
 from . import lesson04, lesson06, lesson07, lesson08, lesson10
 
@@ -137,12 +137,12 @@ def silu_kernel(x, out):
     i = cuda.grid(1)
     if i < out.size:
         v = x[i]
-        out[i] = v / (1.0 + math.exp(-v))
+        out[i] = v / (float32(1.0) + math.exp(-v))  # float32 constants: a bare 1.0 is float64
 
 
 @cuda.jit(device=True)
 def _gelu(v):
-    return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+    return float32(0.5) * v * (float32(1.0) + math.erf(v * float32(0.7071067811865476)))
 
 
 @cuda.jit

@@ -108,7 +108,7 @@ def test_full_warps_every_lane_every_delta(op):
     assert not absent
 
 
-@pytest.mark.parametrize("width", [8, 16])
+@pytest.mark.parametrize("width", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("op", list(OPS))
 def test_widths_every_lane_every_delta(op, width):
     out, absent = check_every_delta(op, width, 32, deltas=33)

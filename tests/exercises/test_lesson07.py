@@ -34,7 +34,9 @@ def _group_data(N, C, S, offset=0.0, spread=1.0):
     "write exp(x - max) / sum; guard -inf - -inf for lanes without elements.",
 )
 @pytest.mark.parametrize(
-    "shape,scale", [((5, 77), 1.0), ((3, 5), 30.0), ((4, 40), 1e4)], ids=["77cols", "5cols", "huge"]
+    "shape,scale",
+    [((5, 77), 1.0), ((3, 5), 30.0), ((4, 40), 1e4), ((2, 1), 1.0)],
+    ids=["77cols", "5cols", "huge", "1col"],
 )
 def test_softmax_kernel(shape, scale):
     x = (scale * rng.standard_normal(shape)).astype(np.float32)

@@ -56,8 +56,8 @@ def test_scores_kernel(BH, Lq, Lk, D):
 )
 @pytest.mark.parametrize(
     "BH,Lq,Lk,D,Dv,scale",
-    [(2, 9, 6, 5, 5, 1.0), (1, 7, 11, 4, 6, 1.0), (2, 5, 8, 3, 3, 30.0)],
-    ids=["self-ish", "cross-Dv", "huge-logits"],
+    [(2, 9, 6, 5, 5, 1.0), (1, 7, 11, 4, 6, 1.0), (2, 5, 8, 3, 3, 30.0), (1, 3, 1, 2, 3, 1.0)],
+    ids=["self-ish", "cross-Dv", "huge-logits", "one-key"],
 )
 def test_attention_row_kernel(BH, Lq, Lk, D, Dv, scale):
     q, k, v = _qkv(BH, Lq, Lk, D, Dv, scale)
