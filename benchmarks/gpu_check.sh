@@ -21,16 +21,26 @@ part_tests() {
 }
 
 part_sanitizer() {
-  # Kernel memory errors and shared-memory races in every Numba kernel version, at ragged sizes. CUDA API calls
-  # that fail on purpose (libraries probing pointers) are not kernel bugs: --report-api-errors no.
+  # Kernel memory errors and shared-memory races: every Numba kernel version at ragged sizes (minisd.ops.dev
+  # --small), then every CuPy kernel through its tests. CUDA API calls that fail on purpose (libraries probing
+  # pointers) are not kernel bugs: --report-api-errors no.
+  # The four runs only check, so they share the GPU side by side.
+  log "compute-sanitizer memcheck and racecheck, Numba and CuPy kernels"
   for tool in memcheck racecheck; do
-    log "compute-sanitizer $tool"
-    timeout 240 compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 --print-limit 50 \
-      python -m minisd.ops.dev --small > "$OUT/logs/sanitizer_$tool.full" 2>&1
-    echo "exit: $?" >> "$OUT/logs/sanitizer_$tool.full"
-    grep -E "=========|^[a-z_0-9]+ +v[0-9]|exit:" "$OUT/logs/sanitizer_$tool.full" | head -150 > "$OUT/logs/sanitizer_$tool.txt"
-    rm "$OUT/logs/sanitizer_$tool.full"; tail -3 "$OUT/logs/sanitizer_$tool.txt"
+    sanitize "$tool" numba python -m minisd.ops.dev --small &
+    sanitize "$tool" cupy python -m pytest tests/test_ops_cupy.py -q -p no:cacheprovider &
   done
+  wait
+}
+
+sanitize() {  # tool, name, command...: keep the verdict lines and each checked op's line
+  local tool=$1 name=$2 log="$OUT/logs/sanitizer_$2_$1"
+  shift 2
+  timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
+    --print-limit 50 "$@" > "$log.full" 2>&1
+  echo "exit: $?" >> "$log.full"
+  grep -E "=========|^[a-z_0-9]+ +v[0-9]|passed|failed|exit:" "$log.full" | head -150 > "$log.txt"
+  rm "$log.full"; echo "sanitizer $name $tool: $(grep -E 'SUMMARY' "$log.txt") $(tail -1 "$log.txt")"
 }
 
 part_notebooks() {

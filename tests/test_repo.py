@@ -1,8 +1,11 @@
-"""Promises about the repository itself: CI runs the README's test command, and the code is ruff clean."""
+"""Promises about the repository itself: CI runs the README's test command, the install makes every package
+importable from anywhere, and the code is ruff clean."""
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,16 @@ def test_readme_shows_the_sample_command():
     assert re.search(r"python -m minisd sample", readme)
 
 
+def test_packages_import_outside_the_repo(tmp_path):
+    """Notebooks run from notebooks/ and `--kernels exercises` from anywhere: the install must carry all four."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import minisd, course, exercises.lesson05, solutions.lesson11"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"not importable outside the repo (pip install -e . first?):\n{proc.stderr}"
+
+
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-def test_ruff_clean():
-    proc = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])
+def test_ruff_clean(command):
+    proc = subprocess.run(["ruff", *command], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -4,11 +4,13 @@ import os
 import re
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from course.grading import target
 
+HERE = Path(__file__).resolve().parent
 TIME_LIMIT_S = float(os.environ.get("COURSE_TIME_LIMIT", "60"))
 _results = defaultdict(dict)  # lesson -> {exercise id: [all its tests passed?, hints of the failed ones]}
 
@@ -48,6 +50,8 @@ def _exercise(item):
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        if HERE not in item.path.parents:  # collected beside other tests: grade only the exercises
+            continue
         ex_id, hint = _exercise(item)
         if ex_id is None:
             raise pytest.UsageError(f"{item.nodeid} has no @pytest.mark.exercise(id, hint=...) marker")
