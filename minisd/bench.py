@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import minisd.mode as mode
-from minisd.pipeline import DEFAULT_GUIDANCE, MiniSDPipeline
+from minisd.pipeline import DEFAULT_GUIDANCE, MiniSDPipeline, check_guidance
 
 PROMPTS = ["a red circle on a blue background", "a yellow star on a black background"]
 TARGETS = {  # from the course plan, checked on an H100
@@ -34,17 +34,6 @@ TARGETS = {  # from the course plan, checked on an H100
     "batch64_throughput_vs_eager": 0.7,  # minisd images/s at batch 64 >= 0.7 x PyTorch eager
     "speedup_vs_numpy": 100.0,  # minisd (CuPy graphs) >= 100 x numpy on the CPU
 }
-
-
-# every contender, in the table's order; contenders() keeps those this machine can run
-CONTENDERS = (
-    "minisd-cupy-graphs",
-    "torch-eager",
-    "torch-compile",
-    "minisd-numpy",
-    "minisd-numba",
-    "minisd-cupy-eager",
-)
 
 
 def parse_args(argv):
@@ -64,7 +53,9 @@ def parse_args(argv):
         p.error("--batches, --steps and --repeats must be at least 1")
     if not 1 <= args.numpy_steps <= args.steps:
         p.error(f"--numpy-steps must be between 1 and --steps ({args.steps})")
-    if not 0 <= args.guidance < float("inf"):
+    try:
+        check_guidance(args.guidance)
+    except ValueError:
         p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
     return args
 
@@ -183,29 +174,33 @@ def torch_case(state, config, compile_mode=None):
     return run, 3 if compile_mode else 1  # compile, record, then replay
 
 
+# name -> (description, what it needs, maker of (run, warmups)), most important first
+CONTENDERS = {
+    "minisd-cupy-graphs": (
+        "minisd, CuPy kernels, CUDA graphs",
+        "cupy",
+        lambda s, c: minisd_case(s, c, "cupy"),
+    ),
+    "torch-eager": ("PyTorch eager (fp32)", "gpu", lambda s, c: torch_case(s, c)),
+    "torch-compile": (
+        'torch.compile(mode="reduce-overhead") (fp32)',
+        "gpu",
+        lambda s, c: torch_case(s, c, "reduce-overhead"),
+    ),
+    "minisd-numpy": ("minisd, numpy on the CPU", "cpu", lambda s, c: minisd_case(s, c, "numpy")),
+    "minisd-numba": ("minisd, Numba kernels, eager", "gpu", lambda s, c: minisd_case(s, c, "numba")),
+    "minisd-cupy-eager": (
+        "minisd, CuPy kernels, eager",
+        "cupy",
+        lambda s, c: minisd_case(s, c, "cupy", False),
+    ),
+}
+
+
 def contenders():
-    """name -> (description, maker of (run, warmups)), most important first; only what this machine can run."""
-    table = {}
-    if mode.has_cupy():
-        table["minisd-cupy-graphs"] = (
-            "minisd, CuPy kernels, CUDA graphs",
-            lambda s, c: minisd_case(s, c, "cupy"),
-        )
-    if mode.ON_GPU:
-        table["torch-eager"] = ("PyTorch eager (fp32)", lambda s, c: torch_case(s, c))
-        table["torch-compile"] = (
-            'torch.compile(mode="reduce-overhead") (fp32)',
-            lambda s, c: torch_case(s, c, "reduce-overhead"),
-        )
-    table["minisd-numpy"] = ("minisd, numpy on the CPU", lambda s, c: minisd_case(s, c, "numpy"))
-    if mode.ON_GPU:
-        table["minisd-numba"] = ("minisd, Numba kernels, eager", lambda s, c: minisd_case(s, c, "numba"))
-    if mode.has_cupy():
-        table["minisd-cupy-eager"] = (
-            "minisd, CuPy kernels, eager",
-            lambda s, c: minisd_case(s, c, "cupy", False),
-        )
-    return table
+    """name -> (description, maker of (run, warmups)): the CONTENDERS this machine can run, in order."""
+    have = {"cpu": True, "gpu": mode.ON_GPU, "cupy": mode.has_cupy()}
+    return {name: (text, make) for name, (text, needs, make) in CONTENDERS.items() if have[needs]}
 
 
 # -------------------------------------------------------------------------------------------------- run
