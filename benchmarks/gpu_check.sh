@@ -12,10 +12,10 @@ log() { echo "== $* ($(date +%T))"; }
 part_tests() {
   log "info"; python -m minisd info | tee "$OUT/logs/info.txt"
   log "graded exercises on the GPU (solutions)"
-  timeout 240 python -m pytest tests/exercises --solutions -q -p no:cacheprovider 2>&1 | tail -40 > "$OUT/logs/exercises_gpu.txt"
+  timeout "${EXERCISES_TIMEOUT:-240}" python -m pytest tests/exercises --solutions -q -p no:cacheprovider 2>&1 | tail -40 > "$OUT/logs/exercises_gpu.txt"
   tail -3 "$OUT/logs/exercises_gpu.txt"
   log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
-  timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
+  timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider -n "${TESTS_WORKERS:-4}" --ignore=tests/test_notebooks.py \
     --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -80 > "$OUT/logs/tests_gpu.txt"
   tail -5 "$OUT/logs/tests_gpu.txt"
 }
@@ -53,13 +53,13 @@ part_notebooks() {
 }
 
 part_kernels() {
-  log "ops: every Numba kernel version checked and timed"; timeout 240 python -m minisd.ops.dev > "$OUT/logs/ops_numba.txt" 2>&1; tail -30 "$OUT/logs/ops_numba.txt"
-  log "ops: CuPy kernels checked and timed"; timeout 240 python -m minisd.ops.cupy_dev --json "$OUT/logs/ops_cupy.json" > "$OUT/logs/ops_cupy.txt" 2>&1; tail -30 "$OUT/logs/ops_cupy.txt"
+  log "ops: every Numba kernel version checked and timed"; timeout "${KERNELS_TIMEOUT:-240}" python -m minisd.ops.dev > "$OUT/logs/ops_numba.txt" 2>&1; tail -30 "$OUT/logs/ops_numba.txt"
+  log "ops: CuPy kernels checked and timed"; timeout "${KERNELS_TIMEOUT:-240}" python -m minisd.ops.cupy_dev --json "$OUT/logs/ops_cupy.json" > "$OUT/logs/ops_cupy.txt" 2>&1; tail -30 "$OUT/logs/ops_cupy.txt"
 }
 
 part_bench() {
-  log "minisd bench"; timeout 400 python -m minisd bench 2>&1 | tail -40 | tee "$OUT/logs/bench.txt"
-  log "minisd eval"; timeout 300 python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
+  log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
+  log "minisd eval"; timeout "${EVAL_TIMEOUT:-300}" python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
   cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
 }
 

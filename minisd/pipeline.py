@@ -8,6 +8,7 @@ numbers on every backend, so a seed gives the same picture everywhere (up to flo
 whole sampling loop is replayed from CUDA graphs (minisd/cuda_graphs.py).
 """
 
+import contextlib
 import math
 import numbers
 import time
@@ -110,6 +111,17 @@ class Sampler:
         return x
 
 
+def host_threads(backend):
+    """numpy samples with one BLAS thread (threadpoolctl). On 2 idle cores a second thread saves ~15 %, but
+    OpenBLAS threads spin while they wait for each other: with another process on the cores, one descheduled
+    thread stalls the rest, and 2 threads ran a step 4.7x slower than 1 (benchmarks/cpu_under_load.md)."""
+    if backend != "numpy":
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def to_uint8(sample):
     """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
     pixels = np.clip((np.asarray(sample, np.float32) + 1.0) * 127.5, 0.0, 255.0)
@@ -198,7 +210,8 @@ class MiniSDPipeline:
         if self.graphs is not None:
             sample = self.graphs.run(one_hot, shape, seed, plan, progress)
         else:
-            sample = self._sample_in_chunks(one_hot, self.ops.randn(shape, seed), plan, progress)
+            with host_threads(self.backend):
+                sample = self._sample_in_chunks(one_hot, self.ops.randn(shape, seed), plan, progress)
         total = time.perf_counter() - start
         self.last_timings = {"total_s": total, "per_step_s": total / num_inference_steps}
         return to_uint8(sample)

@@ -28,7 +28,7 @@ def minisd_cli(*args, env=None):
         text=True,
         cwd=REPO,
         env=full_env,
-        timeout=300,
+        timeout=1800,  # a hang guard, not a speed budget
     )
 
 

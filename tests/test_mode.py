@@ -12,7 +12,7 @@ import minisd.mode as mode
 def _python(code, **env):
     full_env = {**os.environ, **env}
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=1800
     )
 
 
@@ -29,7 +29,7 @@ def test_no_gpu_switches_the_simulator_on_before_numba_cuda():
     code = (
         "import minisd, numpy; from numba import cuda; print(type(cuda.to_device(numpy.zeros(3))).__module__)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "simulator" in proc.stdout, proc.stdout
 

@@ -20,7 +20,10 @@ def test_notebook_runs(path):
         f"{path.name} is stored with outputs: clear them before committing"
     )
     NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb,
+        timeout=1800,  # per cell: a hang guard, not a speed budget
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
     ).execute()
     printed = "".join(
         out.get("text", "")

@@ -1,9 +1,9 @@
 """minisd.pipeline and minisd.forward: the networks on the course's ops against the torch model (float64
-oracle), the sampler's arithmetic against the scheduler, determinism, the lesson-kernel fallback, speed."""
+oracle), the sampler's arithmetic against the scheduler, determinism, the lesson-kernel fallback.
+(Speed is measured by `python -m minisd bench`, never asserted here: CI machines vary many-fold.)"""
 
 import copy
 import sys
-import time
 import types
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 
 import minisd
 import minisd.mode as mode
-from minisd import forward, weights
+from minisd import forward, pipeline, weights
 from minisd.model import MiniSD, ResnetBlock2D, default_config, timestep_embedding
 from minisd.opset import OpSet
 from minisd.pipeline import MiniSDPipeline, SamplingPlan, concat_batch, to_uint8
@@ -318,18 +318,6 @@ def test_real_lesson_module_plugs_in(capsys):
     assert_close(ops.linear(x, w), x @ w.T, "lesson linear", 1e-5)
 
 
-@pytest.mark.slow
-def test_numpy_sampling_speed(small_weights):
-    """The CPU path must stay usable: 4 images, 25 steps, guidance, in at most 60 s on 2 cores."""
-    pipe = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")
-    start = time.perf_counter()
-    images = pipe(["a blue square on a yellow background"] * 4, 25, 3.0, seed=0)
-    seconds = time.perf_counter() - start
-    print(f"numpy: 4 images, 25 steps with guidance in {seconds:.1f} s")
-    assert images.shape == (4, 32, 32, 3)
-    assert seconds <= 60, f"numpy sampling took {seconds:.1f} s for 4 images (budget 60 s)"
-
-
 # ------------------------------------------------------------------------------------ GPU (lead's H100 runs)
 
 
@@ -353,18 +341,6 @@ def test_gpu_backend_matches_numpy(small_weights, backend):
         assert (diff > 0).mean() < 0.01, f"{backend} run {run}: {(diff > 0).mean():.1%} pixels differ"
     other = gpu(prompts, 10, 3.0, seed=6)
     assert (other != gpu(prompts, 10, 3.0, seed=5)).mean() > 0.5, f"{backend}: the seed must reach the graphs"
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not mode.has_cupy(), reason="needs a GPU with CuPy")
-def test_cuda_graph_replay_is_fast(small_weights):
-    pipe = MiniSDPipeline.from_pretrained(small_weights, backend="cupy")
-    for _ in range(2):  # eager warm-up, then capture
-        pipe(["a red circle on a blue background"], 25, 3.0, seed=0)
-    start = time.perf_counter()
-    pipe(["a red circle on a blue background"], 25, 3.0, seed=0)
-    seconds = time.perf_counter() - start
-    assert seconds < 0.25, f"25 graphed steps at batch 1 took {seconds * 1e3:.0f} ms"
 
 
 @pytest.mark.gpu
@@ -393,3 +369,13 @@ def test_vocab_in_one_hot():
     assert one_hot.shape == (1, 8, len(VOCAB) + 8)
     np.testing.assert_array_equal(one_hot.sum(-1), 2.0)
     np.testing.assert_array_equal(one_hot[0, :, : len(VOCAB)].argmax(-1), ids[0])
+
+
+def test_numpy_sampling_holds_blas_to_one_thread():
+    """OpenBLAS threads spin while they wait: on a shared machine 2 threads ran 4.5-12x slower than 1
+    (benchmarks/cpu_under_load.md)."""
+    from threadpoolctl import threadpool_info
+
+    with pipeline.host_threads("numpy"):
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(n == 1 for n in blas), f"BLAS thread pools inside host_threads: {blas}"

@@ -7,6 +7,10 @@ is what switches the simulator on when there is no GPU.)
 import numpy as np
 from numba import cuda
 
+import minisd.simulator
+
+minisd.simulator.make_strict()  # the simulator refuses what a GPU refuses (strided host arrays, None)
+
 _stream = 0  # 0 = the default stream
 
 
