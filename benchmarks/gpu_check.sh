@@ -16,7 +16,7 @@ part_tests() {
   tail -3 "$OUT/logs/exercises_gpu.txt"
   log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
   timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider -n "${TESTS_WORKERS:-4}" --ignore=tests/test_notebooks.py \
-    --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -80 > "$OUT/logs/tests_gpu.txt"
+    --ignore=tests/test_grading.py -k "not ruff" --tb=short 2>&1 | grep -v "Warning\|warnings.warn" > "$OUT/logs/tests_gpu.txt"
   tail -5 "$OUT/logs/tests_gpu.txt"
 }
 

@@ -205,4 +205,4 @@ def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
     report = json.loads(out.read_text())
     numpy_run = report["results"]["minisd-numpy"]["1"]
     assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 2
-    assert "| minisd, numpy on the CPU |" in result.stdout and "extrapolated to 4" in result.stdout
+    assert "| minisd, numpy on the CPU (fp32) |" in result.stdout and "extrapolated to 4" in result.stdout
