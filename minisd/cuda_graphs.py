@@ -37,6 +37,9 @@ class GraphedSampler:
         """Sample (numpy result) for ``plan``: eager the first time, from CUDA graphs afterwards."""
         entry = self.plans.get(plan)
         if entry is None:
+            # The weights were uploaded (and prepared by kernels) on the default stream, and a non-blocking
+            # stream does not wait for it: without this, the first steps could read half-written weights.
+            cp.cuda.Device().synchronize()
             entry = self.plans[plan] = _Captured(cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True))
             return self._eager(entry, one_hot, shape, seed, plan, progress)
         if entry.graphs is None:
