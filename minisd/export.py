@@ -99,6 +99,7 @@ def export_onnx(model, config, folder):
     Returns {name: (path, max |onnxruntime - torch|)}.
     """
     _onnx_modules()
+    Path(folder).mkdir(exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" x4 per export
     traced, checked = example_inputs(config, batch=2, seed=0), example_inputs(config, CHECK_BATCH, seed=1)
     notes = {"text_encoder": TEXT_ENCODER_NOTE, "unet": "minisd's UNet2DConditionModel, predicting epsilon."}
@@ -169,14 +170,13 @@ def export_diffusers(model, config, folder):
     return unet_folder, Path(folder) / "scheduler"
 
 
-def output_folder(path, flag):
+def check_output_folder(path, flag):
     """A folder to write into: it may exist, but its parent must (a typo should not make new folders)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ExportError(f"{flag} {path} is a file; name a folder")
     if not path.parent.is_dir():
         raise ExportError(f"{flag} {path}: the folder {path.parent} does not exist")
-    path.mkdir(exist_ok=True)
     return path
 
 
@@ -199,11 +199,11 @@ def main(argv=None):
     from minisd.weights import WeightsError
 
     args = parse_args(argv)
-    try:
-        onnx_dir = args.onnx and output_folder(args.onnx, "--onnx")
-        diffusers_dir = args.diffusers and output_folder(args.diffusers, "--diffusers")
+    try:  # everything that can be checked before anything is loaded or written
+        onnx_dir = args.onnx and check_output_folder(args.onnx, "--onnx")
+        diffusers_dir = args.diffusers and check_output_folder(args.diffusers, "--diffusers")
         if onnx_dir:
-            _onnx_modules()  # before the weights load
+            _onnx_modules()
         model, config = load_model(args.weights)
         if onnx_dir:
             for path, error in export_onnx(model, config, onnx_dir).values():

@@ -530,7 +530,7 @@ class DDIMScheduler(_BetaScheduler):
             eps = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
 
         std_dev_t = self.std_dev(timestep, eta)
-        # max(., 0): at eta = 1 with a zero-SNR schedule the difference is 0, and rounding can make it -1e-17
+        # max(., 0): at eta = 1 on a zero-SNR schedule this is 0, which rounding can make -1.1e-16 (complex)
         prev_sample = (
             alpha_prod_t_prev**0.5 * x0 + max(1 - alpha_prod_t_prev - std_dev_t**2, 0.0) ** 0.5 * eps
         )

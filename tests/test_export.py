@@ -223,6 +223,7 @@ def test_bad_export_commands_say_what_to_fix(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(SystemExit, match="export --onnx needs onnx, onnxscript and onnxruntime .onnxruntime"):
         export.main(["--onnx", str(tmp_path / "onnx")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # refused before writing anything
     bad = {"unet": {**export.load_model()[1]["unet"], "time_proj_dim": 16}}
     with pytest.raises(export.ExportError, match="time_proj_dim == block_out_channels"):
         export.diffusers_unet_config(bad)
