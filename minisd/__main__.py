@@ -1,4 +1,4 @@
-"""``python -m minisd {sample,info,train,eval,bench}`` (also installed as the ``minisd`` command).
+"""``python -m minisd {sample,info,train,eval,bench,export}`` (also installed as the ``minisd`` command).
 
 python -m minisd sample --prompt "a red circle on a blue background" --num-images 4 --out grid.png
 python -m minisd info
@@ -141,17 +141,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m minisd", description="minisd: tiny text-to-image diffusion"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,info,train,eval,bench}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{sample,info,train,eval,bench,export}"
+    )
     sample_parser(sub)
     sub.add_parser("info", help="what this machine runs minisd on")
-    # train, eval and bench parse their own options
+    # train, eval, bench and export parse their own options
     for name, help_text in [
         ("train", "train minisd in PyTorch"),
         ("eval", "score how well minisd follows its prompts"),
         ("bench", "time sampling on every backend"),
+        ("export", "write minisd as ONNX or in diffusers' layout"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)
-    if argv and argv[0] in ("train", "eval", "bench"):
+    if argv and argv[0] in ("train", "eval", "bench", "export"):
         return run_delegated(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
@@ -167,6 +170,8 @@ def run_delegated(command, argv):
         from minisd.train import main as command_main
     elif command == "eval":
         from minisd.evaluate import main as command_main
+    elif command == "export":
+        from minisd.export import main as command_main
     else:
         from minisd.bench import main as command_main
     return command_main(argv)

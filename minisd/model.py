@@ -1,11 +1,16 @@
 """minisd's two networks in PyTorch: a CLIP-like text encoder and a small diffusers-style UNet.
 
 PyTorch is used to TRAIN minisd and as the test oracle for the course's own kernels. Module names follow
-diffusers' UNet2DConditionModel and HF's CLIP text model, so ``state_dict()`` keys read like Stable
+diffusers' UNet2DConditionModel and transformers' CLIPTextModel, so ``state_dict()`` keys read like Stable
 Diffusion's (``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) and a learner can
 hold the two side by side. Embeddings are nn.Embedding, so their keys end in ".weight"
 (``text_encoder.position_embedding.weight``). See docs/MINISD_SPEC.md for the contract; every block here is
 written out in full (no diffusers import) so it can be read top to bottom.
+
+The UNet is diffusers' exactly (its weights in diffusers' UNet2DConditionModel give the same outputs). The
+text encoder is not CLIP's: its keys load into CLIPTextModel after a prefix rename, but CLIP masks attention
+causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.30 apart
+on the shipped weights).
 
     model = MiniSD(CONFIG)                       # .text_encoder and .unet
     context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
@@ -65,7 +70,8 @@ def default_config():
 
 
 class CLIPAttention(nn.Module):
-    """Multi-head self-attention over the prompt's tokens (no causal mask: the prompt is tiny)."""
+    """Multi-head self-attention over the prompt's tokens, with no mask: unlike CLIP's, whose mask is causal,
+    every token sees the whole prompt (a tiny one: 8 tokens, <pad> included)."""
 
     def __init__(self, dim, heads):
         super().__init__()
