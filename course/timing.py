@@ -61,14 +61,15 @@ def report(rows, *, bytes_moved=None, flops=None, recorded=None):
                 line += f"{flops / ms / 1e9:10.1f} TFLOP/s"
             print(line)
         return
-    gpu = recorded.timings() if recorded else {}
-    gpu_header = f"GPU: {recorded}, full size" if recorded else "GPU: not recorded yet"
-    print(f"{'':<28}{'simulator':>13}    {gpu_header}")
+    if recorded is None:
+        print("(simulator: Python-thread times, meaningless as GPU time; compare versions on a real GPU)")
+        for name, ms in rows.items():
+            print(f"{name:<28}{ms:10.4g} ms")
+        return
+    gpu = recorded.timings()
+    print(f"{'':<28}{'simulator':>13}    GPU: {recorded}, full size")
     for name, ms in rows.items():
-        print(f"{name:<28}{ms:10.1f} ms    {gpu.get(name, 'not in the recording')}")
+        print(f"{name:<28}{ms:10.4g} ms    {gpu.get(name, 'not in the recording')}")
     print(
-        "(simulator column: Python threads on a tiny problem, meaningless as GPU time; compare versions in the"
-        " GPU column)"
-        if recorded
-        else "(simulator: Python-thread times, meaningless as GPU time; compare versions on a real GPU)"
+        "(simulator column: Python threads on a tiny problem, meaningless as GPU time; compare in the GPU column)"
     )
