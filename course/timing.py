@@ -71,5 +71,6 @@ def report(rows, *, bytes_moved=None, flops=None, recorded=None):
     for name, ms in rows.items():
         print(f"{name:<28}{ms:10.4g} ms    {gpu.get(name, 'not in the recording')}")
     print(
-        "(simulator column: Python threads on a tiny problem, meaningless as GPU time; compare in the GPU column)"
+        "(simulator column: this machine standing in for a GPU on a tiny problem, meaningless as GPU time; compare"
+        " versions in the GPU column)"
     )
