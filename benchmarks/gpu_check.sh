@@ -44,11 +44,12 @@ sanitize() {  # tool, name, command...: keep the verdict lines and each checked 
 }
 
 part_notebooks() {
-  # The GPU machines have no Jupyter: benchmarks/run_notebook.py executes each notebook and keeps its outputs.
+  # The GPU machines have no Jupyter: benchmarks/run_notebook.py executes each notebook and keeps its outputs;
+  # COURSE_RECORD is where notebook 00 writes lesson00_gpu.json. File the folder as benchmarks/<gpu>/notebooks.
   mkdir -p "$OUT/notebooks"
   for nb in ${NOTEBOOKS:-notebooks/*.ipynb}; do
     log "notebook $nb"
-    COURSE_RECORD=1 timeout "${NOTEBOOK_TIMEOUT:-300}" python benchmarks/run_notebook.py "$nb" "$OUT/notebooks/$(basename "$nb")" 2>&1 | tail -20
+    COURSE_RECORD="$OUT/notebooks" timeout "${NOTEBOOK_TIMEOUT:-300}" python benchmarks/run_notebook.py "$nb" "$OUT/notebooks/$(basename "$nb")" 2>&1 | tail -20
   done
 }
 

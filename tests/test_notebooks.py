@@ -32,3 +32,7 @@ def test_notebook_runs(path):
         for out in cell.get("outputs", [])
     )
     assert "mode: " in printed, f"{path.name} never says which mode it runs in (call minisd.mode.banner())"
+    assert "not in the recording" not in printed, (
+        f"{path.name}: a timing row is missing from the notebook's GPU recording (renamed since it ran?): "
+        "keep the row's name, or record the notebook again on a GPU (benchmarks/gpu_check.sh notebooks)"
+    )
