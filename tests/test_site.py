@@ -67,6 +67,13 @@ def test_each_notebook_comes_from_the_newest_recording(tmp_path):
     assert chosen == {"a.ipynb": "h200", "b.ipynb": "a100", "c.ipynb": "a100"}
 
 
+def test_a_notebook_no_gpu_run_recorded_is_shown_bare_and_says_so(tmp_path):
+    build.stage_notebook(ROOT / "notebooks" / "00_why_gpus.ipynb", None, tmp_path / "00_why_gpus.ipynb")
+    cells = json.loads((tmp_path / "00_why_gpus.ipynb").read_text())["cells"]
+    assert cells[0]["source"][0].startswith("# ") and "Not recorded on a GPU yet" in cells[1]["source"]
+    assert not any(cell.get("outputs") for cell in cells)
+
+
 PAGE = """<!DOCTYPE html><html><head><meta name="myst-source" content="{source}"></head><body><article>
 <h1>{title}</h1><p>{text}</p>{extra}</article></body></html>"""
 PNG = base64.b64decode(  # a 1x1 picture
