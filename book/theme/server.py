@@ -10,6 +10,8 @@ import functools
 import json
 import mimetypes
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
 from html import escape
@@ -148,7 +150,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def exit_with(parent):
+    """jupyter-book stops this server when it is done; when a failed build exits without doing so, stop too."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 if __name__ == "__main__":
+    threading.Thread(target=exit_with, args=(os.getppid(),), daemon=True).start()
     host, port = os.environ.get("HOST", "localhost"), int(os.environ.get("PORT", "3000"))
     server = ThreadingHTTPServer((host, port), Handler)
     print(f"course website theme on http://{host}:{port}", flush=True)  # jupyter-book waits for this line
