@@ -24,7 +24,13 @@ def _silu(x, out):
     i = cuda.grid(1)
     if i < x.size:
         v = x[i]
-        out[i] = v / (float32(1.0) + math.exp(-v))
+        # v * sigmoid(v) with exp of a number <= 0 only: exp(1000) is inf on a GPU but an OverflowError in the
+        # simulator's Python math; exp(-1000) is 0 on both, so silu(-1000) is -0, as on a GPU and in torch.
+        if v >= float32(0.0):
+            out[i] = v / (float32(1.0) + math.exp(-v))
+        else:
+            e = math.exp(v)
+            out[i] = v * e / (float32(1.0) + e)
 
 
 def silu_v1(x, out):
