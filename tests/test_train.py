@@ -1,6 +1,7 @@
 """minisd.train on the CPU: options checked first, checkpoints that are one consistent unit, a run that is
 never overwritten silently, and real training processes stopped by signals or killed mid-save, then resumed."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -217,18 +218,27 @@ def test_two_steps_resume_then_overwrite(tmp_path):
 # ------------------------------------------------------------------ real training processes, stopped and killed
 
 
-def start_training(out, *args):
+@contextlib.contextmanager
+def training(out, *args):
+    """A training process in its own process group (so a signal to the group reaches its data workers too),
+    killed with them if the test ends first."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "minisd", "train", "--out", str(out), *SMALL, *args]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         command,
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group: a signal to the group reaches its data workers too
+        start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def wait_for(condition, proc, what, poll_s=0.05):
@@ -243,11 +253,11 @@ def wait_for(condition, proc, what, poll_s=0.05):
 )
 def test_a_signal_saves_and_exits_cleanly(tmp_path, signum, workers):
     """SIGTERM to the trainer, or Ctrl-C's SIGINT to its whole process group (data workers included)."""
-    proc = start_training(tmp_path, "--steps", "100000", "--save-every", "1000", "--workers", workers)
     log = tmp_path / "train.log"
-    wait_for(lambda: log.exists() and "step      2" in log.read_text(), proc, "step 2")
-    os.killpg(proc.pid, signum)
-    stdout, stderr = proc.communicate(timeout=600)  # a hang guard
+    with training(tmp_path, "--steps", "100000", "--save-every", "1000", "--workers", workers) as proc:
+        wait_for(lambda: log.exists() and "step      2" in log.read_text(), proc, "step 2")
+        os.killpg(proc.pid, signum)
+        stdout, stderr = proc.communicate(timeout=600)  # a hang guard
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr, stderr
     name = signal.Signals(signum).name
@@ -261,17 +271,19 @@ def test_a_signal_saves_and_exits_cleanly(tmp_path, signum, workers):
 def test_killed_mid_save_then_resumed(tmp_path):
     """SIGKILL while a checkpoint part or the weights are being written: the run resumes from the last whole
     checkpoint. Saves every step, and kills the moment a temporary file of a save appears."""
-    proc = start_training(tmp_path, "--steps", "100000", "--save-every", "0")
-    wait_for(lambda: (tmp_path / "ckpt.pt").exists(), proc, "its first checkpoint")
-    wait_for(lambda: files.leftovers(tmp_path), proc, "a second save", poll_s=0.002)  # a write takes longer
-    proc.kill()
-    proc.communicate(timeout=600)
+    with training(tmp_path, "--steps", "100000", "--save-every", "0") as proc:
+        wait_for(lambda: (tmp_path / "ckpt.pt").exists(), proc, "its first checkpoint")
+        wait_for(
+            lambda: files.leftovers(tmp_path), proc, "a second save", poll_s=0.002
+        )  # a write takes longer
+        proc.kill()
+        proc.communicate(timeout=600)
     assert files.leftovers(tmp_path), "the kill landed mid-write: a temporary file is left behind"
     at = train.read_checkpoint(tmp_path / "ckpt.pt")[0]["step"]  # whole, every part matching its index
     assert at >= 1
 
-    proc = start_training(tmp_path, "--steps", str(at + 2), "--resume", str(tmp_path / "ckpt.pt"))
-    stdout, stderr = proc.communicate(timeout=600)
+    with training(tmp_path, "--steps", str(at + 2), "--resume", str(tmp_path / "ckpt.pt")) as proc:
+        stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert f"from step {at}" in stdout and f"stopped at step {at + 2}" in stdout
     assert train.read_checkpoint(tmp_path / "ckpt.pt")[0]["step"] == at + 2
