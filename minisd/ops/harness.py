@@ -7,6 +7,7 @@ minisd's dev tools (python -m minisd.ops.dev, python -m minisd.ops.cupy_dev), th
     assert_close(out, ref, tol, "what")  # the check: shape, every element written, rel_error <= tol
     ms = time_gpu(fn)                    # median ms: CUDA events on a GPU, wall clock (labelled) otherwise
     report({"v1": ms1, "v2": ms2}, flops=2 * m * n * k)
+    show_source(softmax._softmax_v1)     # a notebook shows the kernel it runs instead of a copy of it
 
 The oracle is torch in float64 (or, for randn, the numpy generator bit for bit); outputs are poisoned with
 NaN before a kernel runs, so an element it never writes shows up as NaN, and rel_error makes that inf.
@@ -14,6 +15,7 @@ The metric is relative to the largest reference value (a normwise bound): float3
 terms grows like K * 2^-24 of the largest term, whatever the sign of each output element.
 """
 
+import inspect
 import math
 import statistics
 import time
@@ -58,6 +60,12 @@ def assert_close(out, ref, tol, what="output"):
     )
     err = rel_error(got, want)
     assert err <= tol, f"{what}: max error {err:.2e} of max|ref| > tolerance {tol:.0e}"
+
+
+def show_source(*functions):
+    """Print the source of each function or Numba kernel: how a notebook shows minisd's kernel versions."""
+    for fn in functions:
+        print(inspect.getsource(getattr(fn, "py_func", None) or getattr(fn, "fn", None) or fn))
 
 
 # ------------------------------------------------------------------------------------------------ timing

@@ -16,6 +16,12 @@ MODULES = [importlib.import_module(f"minisd.ops.numba.{name}") for name in FILES
 VERSIONS = {op: versions for m in MODULES for op, versions in m.VERSIONS.items()}  # every kernel version
 
 
+def kernel_file(name):
+    """minisd/ops/numba/<name>.py as a module: its kernels and versions (this package's own ``softmax`` and
+    the others are the backend's ops, so ``from minisd.ops.numba import softmax`` is not the file)."""
+    return MODULES[FILES.index(name)]
+
+
 def best(op):
     versions = VERSIONS[op]
     return versions[max(versions)]
