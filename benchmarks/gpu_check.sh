@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|pack ...   (logs go to $OUT/logs)
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|pack ...   (logs go to $OUT/logs)
 # Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
@@ -62,6 +62,13 @@ part_bench() {
   log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
   log "minisd eval"; timeout "${EVAL_TIMEOUT:-300}" python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
   cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
+}
+
+part_eval() {
+  # The guidance choice and the README's prompt-following row, measured with the sampling loop that ships
+  # (they were measured with the training run's own loop): every scale on the same 1,024 prompts and seeds.
+  log "minisd eval, guidance sweep"; timeout "${EVAL_SWEEP_TIMEOUT:-900}" python -m minisd eval --num-images "${EVAL_IMAGES:-1024}" \
+    --guidance ${EVAL_GUIDANCE:-1 1.5 2 3} 2>&1 | tail -30 | tee "$OUT/logs/eval_guidance.txt"
 }
 
 part_pack() {

@@ -16,8 +16,8 @@ MAX_SCALE = 32  # a 32x32 image becomes 1024x1024 pixels
 
 
 def sample_parser(sub):
+    from minisd.lesson_kernels import KERNEL_SOURCES
     from minisd.mode import BACKENDS
-    from minisd.opset import KERNEL_SOURCES
     from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS
     from minisd.text import GRAMMAR
 
@@ -38,7 +38,14 @@ def sample_parser(sub):
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
-    p.add_argument("--kernels", choices=KERNEL_SOURCES, default="minisd", help="whose kernels run the ops")
+    p.add_argument(
+        "--kernels",
+        choices=KERNEL_SOURCES,
+        default="minisd",
+        help="whose kernels run the ops: minisd's, or lesson 11's (solutions/ or exercises/lesson11.py, "
+        "each op probed first; numpy arrays in and out)",
+    )
+    p.add_argument("--size", type=int, help="image side in pixels, a multiple of 4 (default: the model's 32)")
     p.add_argument(
         "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
     )
@@ -51,6 +58,7 @@ def sample_parser(sub):
 
 def check_sample_args(args):
     """Everything that can be checked before the (slow) weights load and sampling, cheapest first."""
+    import minisd.mode as mode
     from minisd import checks
     from minisd.grid import MAX_PIXELS, grid_size
     from minisd.pipeline import DEFAULT_PROMPT
@@ -79,6 +87,19 @@ def check_sample_args(args):
         )
     checks.guidance(args.guidance)
     checks.int_range("steps", args.steps)
+    if args.size is not None:
+        checks.int_range("size", args.size)
+    if args.kernels != "minisd" and not mode.ON_GPU and args.size is None:
+        # say so before any work: the simulator runs every CUDA thread as a Python thread
+        raise CliError(
+            f"--kernels {args.kernels} runs {args.kernels}/lesson11.py's Numba kernels, and without a GPU they "
+            "run in the CUDA simulator (one Python thread per CUDA thread): a full 32x32 sample takes hours "
+            "and needs a GPU. On this CPU, run them end to end at a small size instead (about a minute of "
+            f"CPU time, with a progress bar): python -m minisd sample --kernels {args.kernels} --size 4 "
+            "--steps 1 --guidance 1 --num-images 1 (--size 8: about two minutes; --size 32 runs the full "
+            "size anyway)",
+            EXIT_USAGE,
+        )
     args.backend = checks.backend(args.backend)
     checks.out_file(args.out, ".png")
     checks.steps(args.steps, checks.weights_config(args.weights))
@@ -91,39 +112,42 @@ def run_sample(args):
     import minisd.mode as mode
     from minisd.checks import plural
     from minisd.grid import save_grid
+    from minisd.lesson_kernels import LessonKernelsError
     from minisd.weights import WeightsError
 
     check_sample_args(args)
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
-    print(
-        f"sampling {plural(len(prompts), 'image')}, {plural(args.steps, 'step')}, {mode.describe_backend(args.backend)}"
+    where = (
+        mode.describe_backend(args.backend)
+        if args.kernels == "minisd"
+        else f"{args.kernels}/lesson11.py's kernels"
     )
-    if args.kernels != "minisd" and not mode.ON_GPU:
-        print(
-            f"note: without a GPU, {args.kernels}/lesson11.py's Numba kernels run in the CUDA simulator, one Python "
-            "thread per CUDA thread: expect minutes per op. Try --steps 1 --num-images 1 first."
-        )
+    print(f"sampling {plural(len(prompts), 'image')}, {plural(args.steps, 'step')}, {where}")
     start = time.perf_counter()
     try:
         pipe = minisd.MiniSDPipeline.from_pretrained(args.weights, backend=args.backend, kernels=args.kernels)
-    except WeightsError as err:
+    except (WeightsError, LessonKernelsError) as err:
         raise CliError(str(err)) from None
     loaded = time.perf_counter()
+    try:
+        pipe.plan(len(prompts), args.steps, args.guidance, args.size, args.size)
+    except ValueError as err:
+        raise CliError(f"--size: {err}", EXIT_USAGE) from None
     with tqdm(total=args.steps, unit="step", desc="denoising") as bar:
 
         def progress(i, n):  # n = steps, or steps x chunks when the CPU samples a big batch in chunks
             bar.total, bar.n = n, i + 1
             bar.refresh()
-            if i == 0 and args.kernels != "minisd" and not pipe.ops.lesson_ran:
-                # one UNet evaluation called every op: none of the lesson's worked, so the picture
-                # would be minisd's own, labelled as the learner's
-                raise CliError(
-                    f"--kernels {args.kernels}: {args.kernels}/lesson11.py implements none of minisd's ops "
-                    "yet (each raised NotImplementedError); finish lesson 11's exercises, or use "
-                    "--kernels minisd"
-                )
 
-        images = pipe(prompts, args.steps, args.guidance, args.seed, progress=progress)
+        try:
+            images = pipe(prompts, args.steps, args.guidance, args.seed, progress, args.size, args.size)
+        except LessonKernelsError as err:  # a lesson op that passed its probe went wrong on real inputs
+            raise CliError(str(err)) from None
+    if args.kernels != "minisd":  # the same picture from minisd's own kernels: how close did theirs come?
+        ours = minisd.MiniSDPipeline.from_pretrained(args.weights, backend="numpy", log=lambda *a: None)
+        reference = ours(prompts, args.steps, args.guidance, args.seed, None, args.size, args.size)
+        diff = int(abs(images.astype(int) - reference.astype(int)).max())
+        print(f"largest pixel difference from minisd's own kernels: {diff} of 255 (float32 rounding: a few)")
     done = time.perf_counter()
     try:
         path = save_grid(images, args.prompt, args.num_images, args.out, args.scale)

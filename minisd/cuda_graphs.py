@@ -5,7 +5,7 @@ its GPU time, so an eager loop leaves the GPU idle most of the time (batch 1 esp
 records the launches once and replays them with one call. What a graph bakes in: every kernel's
 arguments, including the arrays' addresses and the scalars (DDIM coefficients, guidance scale). So:
 
-* one set of graphs per ``SamplingPlan`` (batch, timesteps, guidance): a new plan is a new capture;
+* one set of graphs per ``SamplingPlan`` (batch, size, timesteps, guidance): a new plan is a new capture;
 * inputs go into fixed buffers (the one-hot prompts, the initial noise) before each replay;
 * every array the graphs touch comes from a private memory pool, kept alive with the graphs, so nothing
   else can be handed that memory between replays.
@@ -48,7 +48,7 @@ class GraphedSampler:
 
     def _eager(self, entry, one_hot, shape, seed, plan, progress):
         with cp.cuda.using_allocator(entry.pool.malloc), entry.stream:
-            noise = cupy_ops.randn(shape, seed)
+            noise = self.sampler.ops.randn(shape, seed)
             x = self.sampler.run(one_hot, noise, plan, progress)
             return x.get()
 

@@ -31,6 +31,88 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 CONFIG_NAME = "scheduler_config.json"  # diffusers' file name, so each reads the other's folders
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The scalars of one DDIM or DDPM step for an epsilon-predicting model, as diffusers computes them:
+
+        x0   = (sample - sqrt_beta * eps) * inv_sqrt_alpha         (then clipped, if the config says so)
+        prev = c_x0 * x0 + c_eps * eps + c_sample * sample + c_noise * noise
+
+    ``step`` below applies them to any array; minisd's kernels apply them in one fused pass
+    (minisd.ops.Ops.scheduler_step). ``kind`` and the inputs are kept so a lesson's own ddim_step can run.
+    """
+
+    kind: str  # "ddim" | "ddpm"
+    alpha_prod_t: float
+    alpha_prod_t_prev: float
+    eta: float
+    sqrt_beta: float
+    inv_sqrt_alpha: float
+    c_x0: float
+    c_eps: float
+    c_sample: float
+    c_noise: float
+
+    def apply(self, sample, eps, noise=None, clip=None):
+        """The step on numpy, torch or CuPy arrays (arithmetic and ``.clip`` only): the reference."""
+        x0 = (sample - self.sqrt_beta * eps) * self.inv_sqrt_alpha
+        if clip is not None:
+            x0 = x0.clip(-clip, clip)
+        prev = self.c_x0 * x0 + self.c_eps * eps + self.c_sample * sample
+        return prev if noise is None else prev + self.c_noise * noise
+
+
+def _alphas(alpha_prod_t, alpha_prod_t_prev):
+    a, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
+    if not (0 < a <= 1 and 0 < ap <= 1):
+        raise ValueError(f"alpha_prod_t and alpha_prod_t_prev must be in (0, 1], got {a} and {ap}")
+    return a, ap
+
+
+def ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, eta=0.0, where=""):
+    """DDIM (Song et al. 2021) eq. 12, with sigma_t(eta) of eq. 16:
+    prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise.
+
+    The step keeps sqrt(1 - a_prev - sigma^2) of the predicted noise, so sigma^2 may not exceed 1 - a_prev.
+    Every eta in [0, 1] keeps within it (eta = 1 is DDPM's posterior variance); a larger eta may not, and then
+    there is no real step: diffusers returns NaN, this refuses with a ValueError (``where`` names the step).
+    """
+    a, ap = _alphas(alpha_prod_t, alpha_prod_t_prev)
+    if not 0 <= eta < math.inf:
+        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+    beta, beta_prev = 1.0 - a, 1.0 - ap
+    variance = (beta_prev / beta) * (1.0 - a / ap) if beta > 0 else 0.0
+    std = eta * math.sqrt(variance)
+    if eta > 1 and std**2 > beta_prev:
+        raise ValueError(
+            f"eta={eta} is too large{where}: sigma_t² = {std**2:.4g} exceeds 1 − ᾱ_prev = {beta_prev:.4g}, so the "
+            "step would take the square root of a negative number (diffusers returns NaN there); use eta <= "
+            f"{math.sqrt(beta_prev / variance):.4g} for this step, or eta <= 1"
+        )
+    # max(., 0): at eta = 1 on a zero-SNR schedule this is 0, which rounding can make -1.1e-16 (complex)
+    return StepCoefficients(
+        "ddim", a, ap, float(eta), math.sqrt(beta), 1.0 / math.sqrt(a),
+        c_x0=math.sqrt(ap), c_eps=math.sqrt(max(beta_prev - std**2, 0.0)), c_sample=0.0, c_noise=std,
+    )  # fmt: skip
+
+
+def ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev, variance_type="fixed_small"):
+    """DDPM (Ho et al. 2020): the posterior mean of x_{t-1} given x_0 and x_t, plus std * noise."""
+    a, ap = _alphas(alpha_prod_t, alpha_prod_t_prev)
+    beta, beta_prev = 1.0 - a, 1.0 - ap
+    alpha_t = a / ap
+    current_beta = 1.0 - alpha_t
+    if variance_type == "fixed_large":
+        std = math.sqrt(current_beta)
+    else:  # fixed_small and fixed_small_log: the same number, reached two ways
+        std = math.sqrt(max(beta_prev / beta * current_beta, 1e-20))
+    return StepCoefficients(
+        "ddpm", a, ap, 1.0, math.sqrt(beta), 1.0 / math.sqrt(a),
+        c_x0=math.sqrt(ap) * current_beta / beta, c_eps=0.0, c_sample=math.sqrt(alpha_t) * beta_prev / beta,
+        c_noise=std,
+    )  # fmt: skip
+
+
 @dataclass
 class SchedulerOutput:
     """What ``step`` returns: x_{t-1} to feed the model next, and the model's current guess of x_0.
@@ -400,12 +482,9 @@ class DDPMScheduler(_BetaScheduler):
         alpha_prod_t_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
         return alpha_prod_t, alpha_prod_t_prev
 
-    def _std(self, alpha_prod_t, alpha_prod_t_prev):
-        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20)
-        if self.variance_type == "fixed_large":
-            return current_beta_t**0.5
-        return variance**0.5  # fixed_small and fixed_small_log: the same number, reached two ways
+    def step_coefficients(self, timestep):
+        """The StepCoefficients of the step from ``timestep``."""
+        return ddpm_coefficients(*self.alpha_prods(timestep), self.variance_type)
 
     def step(self, model_output, timestep, sample, generator=None, noise=None, return_dict=True):
         """x_t → x_{t-1}: the posterior mean q(x_{t-1} | x_t, x_0) from the predicted x_0, plus noise.
@@ -413,19 +492,13 @@ class DDPMScheduler(_BetaScheduler):
         ``noise`` (shaped like ``sample``) fixes the noise; else it is drawn with ``generator``.
         """
         self._check_step_inputs(model_output, sample)
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-
-        x0 = self._predict_original_sample(model_output, sample, alpha_prod_t)
-        x0_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t
-        sample_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
-        prev_sample = x0_coeff * x0 + sample_coeff * sample
+        c = self.step_coefficients(timestep)
+        x0 = self._predict_original_sample(model_output, sample, c.alpha_prod_t)
+        prev_sample = c.c_x0 * x0 + c.c_sample * sample
         if int(timestep) > 0:
             if noise is None:
                 noise = randn_like(model_output, generator)
-            prev_sample = prev_sample + self._std(alpha_prod_t, alpha_prod_t_prev) * noise
+            prev_sample = prev_sample + c.c_noise * noise
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -461,7 +534,7 @@ class DDIMScheduler(_BetaScheduler):
         return int(timestep) - self.config["num_train_timesteps"] // self.num_inference_steps
 
     def alpha_prods(self, timestep):
-        """(alpha_bar_t, alpha_bar_prev) as Python floats: what ``ops.ddim_step`` takes."""
+        """(alpha_bar_t, alpha_bar_prev) as Python floats for ``timestep`` and the step after it."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         t, prev_t = int(timestep), self.previous_timestep(timestep)
@@ -469,28 +542,14 @@ class DDIMScheduler(_BetaScheduler):
         alpha_prod_t_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else self.final_alpha_cumprod
         return alpha_prod_t, alpha_prod_t_prev
 
-    def std_dev(self, timestep, eta):
-        """sigma_t = eta · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)), the noise each step adds.
+    def step_coefficients(self, timestep, eta=0.0):
+        """The StepCoefficients of the step from ``timestep`` (what minisd's sampling loop applies)."""
+        return ddim_coefficients(*self.alpha_prods(timestep), eta, where=f" at timestep {int(timestep)}")
 
-        The step keeps sqrt(1 − ᾱ_prev − sigma_t²) of the predicted noise, so sigma_t² may not exceed
-        1 − ᾱ_prev. Every eta in [0, 1] keeps within it (eta = 1 is DDPM's posterior variance); a larger eta
-        may not, and then there is no real step: diffusers returns NaN, this refuses with a ValueError.
-        """
-        if not 0 <= eta < math.inf:
-            raise ValueError(
-                f"eta must be a finite number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}"
-            )
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-        std_dev_t = eta * variance**0.5
-        if eta > 1 and std_dev_t**2 > 1 - alpha_prod_t_prev:
-            largest = ((1 - alpha_prod_t_prev) / variance) ** 0.5
-            raise ValueError(
-                f"eta={eta} is too large at timestep {int(timestep)}: sigma_t² = {std_dev_t**2:.4g} exceeds "
-                f"1 − ᾱ_prev = {1 - alpha_prod_t_prev:.4g}, so the step would take the square root of a negative "
-                f"number (diffusers returns NaN there); use eta <= {largest:.4g} for this step, or eta <= 1"
-            )
-        return std_dev_t
+    def std_dev(self, timestep, eta):
+        """sigma_t = eta · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)), the noise each step adds
+        (ValueError where eta > 1 makes it too large: see ddim_coefficients)."""
+        return self.step_coefficients(timestep, eta).c_noise
 
     def step(
         self,
@@ -515,8 +574,8 @@ class DDIMScheduler(_BetaScheduler):
         noise = noise if noise is not None else variance_noise
         if noise is not None and generator is not None:
             raise ValueError("pass a generator or fixed noise, not both")
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        beta_prod_t = 1 - alpha_prod_t
+        c = self.step_coefficients(timestep, eta)
+        alpha_prod_t, beta_prod_t = c.alpha_prod_t, 1 - c.alpha_prod_t
 
         x0 = self._predict_original_sample(model_output, sample, alpha_prod_t)
         kind = self.config["prediction_type"]
@@ -529,15 +588,11 @@ class DDIMScheduler(_BetaScheduler):
         else:  # v_prediction
             eps = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
 
-        std_dev_t = self.std_dev(timestep, eta)
-        # max(., 0): at eta = 1 on a zero-SNR schedule this is 0, which rounding can make -1.1e-16 (complex)
-        prev_sample = (
-            alpha_prod_t_prev**0.5 * x0 + max(1 - alpha_prod_t_prev - std_dev_t**2, 0.0) ** 0.5 * eps
-        )
+        prev_sample = c.c_x0 * x0 + c.c_eps * eps
         if eta > 0:
             if noise is None:
                 noise = randn_like(model_output, generator)
-            prev_sample = prev_sample + std_dev_t * noise
+            prev_sample = prev_sample + c.c_noise * noise
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

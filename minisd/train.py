@@ -12,7 +12,8 @@ It writes, under --out: ``ckpt.pt`` (+ ``ckpt.step*.part*.pt``) to resume from, 
 (+ .sha256), the EMA weights for minisd.generate, and ``train.log``. Nothing is lost: every file is written
 whole or not at all (minisd.files), SIGINT (Ctrl-C) or SIGTERM saves and exits, and a folder that already
 holds a run is resumed (--resume) or refused, never overwritten unless asked (--overwrite). At the end it
-samples images and scores them with minisd.checker, so a run says itself whether the model follows its prompts.
+samples images with minisd's own sampling loop (the one minisd.generate runs) and scores them with
+minisd.checker, so a run says itself whether the model follows its prompts.
 """
 
 import argparse
@@ -33,8 +34,8 @@ import torch.nn.functional as F
 
 from minisd import checks, data, files, text, weights
 from minisd.checks import EXIT_USAGE, CliError
-from minisd.model import MiniSD, count_parameters, default_config
-from minisd.schedulers import DDIMScheduler, DDPMScheduler
+from minisd.model import MiniSD, count_parameters
+from minisd.schedulers import DDPMScheduler
 
 CFG_DROPOUT = 0.1  # fraction of prompts replaced by "" (the unconditional prompt)
 PART_BYTES = 12 << 20  # checkpoint shards stay under the 16 MiB a file the course's GPU runner returns
@@ -324,7 +325,7 @@ def prepare(args):
         remove_run(out)
     for leftover in files.leftovers(out):  # of writes killed mid-way: the files they were replacing are whole
         leftover.unlink()
-    model = MiniSD(resumed[0]["config"] if resumed else default_config())
+    model = MiniSD(resumed[0]["config"] if resumed else None)
     ema = copy.deepcopy(model).requires_grad_(False)
     step, elapsed = 0, 0.0
     if resumed:
@@ -436,7 +437,7 @@ def train(args):
         return stop.signum
     for guidance in args.val_guidance:
         if args.val_images:
-            log(validate(ema, device, args.val_images, guidance, seed=args.seed + 1234))
+            log(validate(ema, args.val_images, guidance, seed=args.seed + 1234))
     log_file.close()
     return None
 
@@ -444,31 +445,14 @@ def train(args):
 # -------------------------------------------------------------------------------------------- validation
 
 
-@torch.no_grad()
-def sample(model, prompts, steps=25, guidance=3.0, seed=0):
-    """DDIM with classifier-free guidance, in torch -> uint8 (N, 32, 32, 3). The trainer's own check;
-    minisd.generate does the same with the course's kernels."""
-    device = next(model.parameters()).device
-    scheduler = DDIMScheduler.from_config(model.config["scheduler"])
-    scheduler.set_timesteps(steps)
-    n, size = len(prompts), model.config["unet"]["sample_size"]
-    generator = torch.Generator(device).manual_seed(seed)
-    x = torch.randn((n, 3, size, size), generator=generator, device=device)
-    context = model.text_encoder(torch.from_numpy(text.tokenize(list(prompts) + [""] * n)).to(device))
-    for t in scheduler.timesteps:
-        timestep = torch.full((2 * n,), int(t), device=device)
-        eps_cond, eps_uncond = model.unet(torch.cat([x, x]), timestep, context).chunk(2)
-        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        x = scheduler.step(eps, int(t), x).prev_sample
-    return data.to_uint8(x.float().cpu().numpy())
-
-
-def validate(model, device, n, guidance, seed):
+def validate(model, n, guidance, seed):
+    """Sample ``n`` random prompts with minisd's own loop (minisd/torch_sampler.py) and score them."""
     from minisd.evaluate import random_prompts, score
+    from minisd.torch_sampler import TorchSampler
 
     model.eval()
     prompts = random_prompts(n, np.random.default_rng(seed))
-    accuracy = score(sample(model, prompts, guidance=guidance, seed=seed), prompts)
+    accuracy = score(TorchSampler(model)(prompts, 25, guidance, seed), prompts)
     return f"validation ({n} images, DDIM 25 steps, guidance {guidance}): " + ", ".join(
         f"{name} {value:.1%}" for name, value in accuracy.items()
     )

@@ -1,9 +1,10 @@
 """Save and load minisd's trained weights: one safetensors file plus its sha256, checked before use.
 
 The file holds the "text_encoder.*" and "unet.*" tensors (float16 or float32) and, as metadata, the
-format tag, the model + scheduler config (JSON) and the vocabulary (JSON). ``load`` refuses anything it
-cannot trust with a WeightsError that says what is wrong and what to do, instead of a shape error deep
-inside the first kernel:
+format tag, the model + scheduler config (JSON: see minisd/architecture.py; its "unet" and "scheduler"
+sections are diffusers configs) and the vocabulary (JSON). ``load`` refuses anything it cannot trust with a
+WeightsError that says what is wrong and what to do, instead of a shape error deep inside the first kernel.
+It checks the tensors against the architecture the config describes, without importing torch:
 
     state, config = load()          # numpy float32 arrays by key, and the config dict (+ "vocab")
 """
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minisd import files
+from minisd import architecture, files
 
-FORMAT = "minisd-1"
+FORMAT = "minisd-2"  # minisd-1 stored the config in minisd's own terms: read with architecture.upgrade_v1
 DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "minisd.safetensors"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 SHA256_LINE = re.compile(r"\\?([0-9a-fA-F]{64})\s")  # `sha256sum` writes "<digest>  <name>" (hex of any case)
@@ -73,19 +74,13 @@ def save(state_dict, config, path=None, dtype="float16"):
 
 
 def expected_shapes(config):
-    """Every key the model built from ``config`` has, with its shape (built on torch's meta device: no memory)."""
-    import torch
-
-    from minisd.model import MiniSD
-
+    """Every key of the model ``config`` describes, with its shape (minisd.architecture: no torch)."""
     try:
-        with torch.device("meta"):
-            model = MiniSD(config)
-    except (KeyError, TypeError, ValueError) as err:
+        return architecture.read(config).parameter_shapes()
+    except architecture.ConfigError as err:
         raise WeightsError(
             f"the config stored in the weights does not describe a minisd model: {err}"
         ) from err
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
 
 
 # ------------------------------------------------- reading the file: each check says what is wrong and what to do
@@ -246,13 +241,18 @@ def peek_config(path=None):
 
 
 def _parse_metadata(path, metadata):
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, "minisd-1"):
         raise WeightsError(f"{path} has format {metadata.get('format')!r}; minisd reads only {FORMAT!r}")
     try:
         config = json.loads(metadata["config"])
         vocab = json.loads(metadata["vocab"])
     except (KeyError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path} has no valid 'config'/'vocab' JSON in its metadata ({err})") from err
+    if metadata["format"] == "minisd-1":
+        try:
+            config = architecture.upgrade_v1(config)
+        except architecture.ConfigError as err:
+            raise WeightsError(f"{path}: {err}") from err
     from minisd.text import VOCAB
 
     if vocab != VOCAB:

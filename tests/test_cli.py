@@ -13,8 +13,9 @@ from PIL import Image
 
 import minisd.mode as mode
 from minisd import weights
+from minisd.architecture import default_config
 from minisd.data import COLORS, SHAPES
-from minisd.model import MiniSD, default_config
+from minisd.model import MiniSD
 from minisd.text import VOCAB
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +216,8 @@ def test_broken_weights_are_one_line_errors(weights_file, tmp_path, how, message
 
 
 def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch, capsys):
-    """--kernels exercises where every op still raises NotImplementedError: no picture passed off as theirs."""
+    """--kernels exercises where every op still raises NotImplementedError: said after the probe (seconds),
+    before any sampling; no picture passed off as theirs."""
     import types
 
     from minisd.__main__ import main
@@ -229,11 +231,23 @@ def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch
     out = tmp_path / "x.png"
     argv = ["sample", "--kernels", "exercises", "--weights", weights_file, "--backend", "numpy"]
     with pytest.raises(SystemExit) as exit_:
-        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--out", str(out)])
+        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--size", "8", "--out", str(out)])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "exercises/lesson11.py implements none of minisd's ops yet" in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(mode.ON_GPU, reason="checks the no-GPU message")
+def test_lesson_kernels_without_a_gpu_say_the_cost_first():
+    """Without a GPU a full-size run on a lesson's Numba kernels takes hours: say so before any work, and
+    offer the small size that finishes here."""
+    result = minisd_cli("sample", "--kernels", "solutions")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a full 32x32 sample takes hours and needs a GPU" in result.stderr
+    assert "python -m minisd sample --kernels solutions --size 4 --steps 1" in result.stderr
+    result = minisd_cli("sample", "--kernels", "solutions", "--size", "6", "--backend", "numpy")
+    assert result.returncode == 2 and "--size: height must be a multiple of 4" in result.stderr
 
 
 def test_eval_and_bench_options_are_checked():

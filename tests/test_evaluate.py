@@ -115,3 +115,23 @@ def test_shipped_weights_follow_prompts_with_numpy():
     prompts = evaluate.random_prompts(8, np.random.default_rng(42))
     images = minisd.generate(prompts, num_inference_steps=25, guidance_scale=1.5, seed=0, backend="numpy")
     assert evaluate.score(images, prompts) == {"color": 1.0, "background": 1.0, "shape": 1.0}
+
+
+def test_several_guidance_scales_in_one_run(monkeypatch, capsys):
+    """How the default guidance is chosen: every scale on the same prompts and seeds, by the shipped loop."""
+    import minisd
+
+    asked = []
+    images, prompts = data.make_batch(6, np.random.default_rng(0))
+    pixels = data.to_uint8(images)
+
+    def dataset_pictures(batch, seed, guidance_scale, **options):  # seed = the batch's first index here
+        asked.append((guidance_scale, seed, len(batch)))
+        drawn = pixels[seed : seed + len(batch)]
+        return drawn if guidance_scale == 1.5 else np.full_like(drawn, 128)  # only 1.5 draws anything
+
+    monkeypatch.setattr(minisd, "generate", dataset_pictures, raising=False)
+    monkeypatch.setattr(evaluate, "random_prompts", lambda n, rng: prompts)
+    assert evaluate.main(["--num-images", "6", "--batch-size", "4", "--guidance", "1", "1.5", "3"]) == 0
+    assert asked == [(g, s, n) for g in (1.0, 1.5, 3.0) for s, n in ((0, 4), (4, 2))]
+    assert "guidance scales that pass on every attribute: 1.5" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from minisd import weights
+from minisd import architecture, weights
 from minisd.model import MiniSD
 
 
@@ -307,3 +307,51 @@ def test_peek_config_reads_the_header_only(saved, model):
     raw[-100] ^= 0xFF  # a tensor byte: load refuses the checksum, the header is still fine
     saved.write_bytes(bytes(raw))
     assert weights.peek_config(saved)["scheduler"] == model.config["scheduler"]
+
+
+@pytest.mark.parametrize("make", ["default", "ragged"])
+def test_the_loader_checks_shapes_against_the_model_it_describes(make):
+    """Drift guard: the loader checks shapes from minisd.architecture (no torch), the torch model builds
+    from the same description; both must name the same keys with the same shapes."""
+    config = architecture.default_config()
+    if make == "ragged":
+        config["unet"].update(
+            block_out_channels=[16, 32, 48], layers_per_block=2, attention_head_dim=[1, 2, 3]
+        )
+        config["text_encoder"].update(num_layers=3, intermediate_size=40)
+    torch_shapes = {k: tuple(v.shape) for k, v in MiniSD(config).state_dict().items()}
+    assert weights.expected_shapes(config) == torch_shapes
+
+
+def test_a_minisd_1_file_still_loads(model, tmp_path):
+    """minisd-1 stored minisd's own config (head width 32, time_proj_dim, no timestep spacing)."""
+    old = {
+        "text_encoder": model.config["text_encoder"],
+        "unet": {
+            k: v
+            for k, v in model.config["unet"].items()
+            if k not in ("mid_block_type", "use_linear_projection")
+        }
+        | {"attention_head_dim": 32, "time_proj_dim": 32},
+        "scheduler": {
+            "num_train_timesteps": 1000,
+            "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "epsilon",
+            "clip_sample": True,
+        },
+    }
+    path = weights.save(model.state_dict(), model.config, tmp_path / "old.safetensors", dtype="float32")
+    _rewrite(
+        path, metadata={"format": "minisd-1", "config": json.dumps(old), "vocab": json.dumps(weights_vocab())}
+    )
+    _, config = weights.load(path)
+    assert {k: v for k, v in config.items() if k != "vocab"} == model.config
+
+
+def test_loading_does_not_import_torch(saved):
+    import subprocess
+    import sys
+
+    code = f"import sys; from minisd import weights; weights.load({str(saved)!r}); assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -233,9 +233,8 @@ def _scheduler_step(
 def scheduler_step_v1(sample, eps, noise, coef, clip, out):
     has_noise, noise = optional(noise)
     has_clip = clip is not None  # an optional scalar: a flag plus a float, for the same reason
-    f = [float32(coef[k]) for k in ("sqrt_beta", "inv_sqrt_alpha")]
-    f += [has_clip, float32(clip if has_clip else 0.0)]
-    f += [float32(coef[k]) for k in ("c_x0", "c_eps", "c_sample", "c_noise")]
+    f = [float32(coef.sqrt_beta), float32(coef.inv_sqrt_alpha), has_clip, float32(clip if has_clip else 0.0)]
+    f += [float32(c) for c in (coef.c_x0, coef.c_eps, coef.c_sample, coef.c_noise)]
     launch1d(_scheduler_step, sample.size, sample, eps, has_noise, noise, *f, out)
 
 
