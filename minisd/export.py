@@ -126,31 +126,16 @@ def export_onnx(model, config, folder):
 
 
 def diffusers_unet_config(config):
-    """minisd's unet config as diffusers' UNet2DConditionModel reads it (same weights, same outputs).
-
-    diffusers' attention_head_dim is a count of heads per block (its old name, kept for old checkpoints),
-    minisd's the width of a head; diffusers' timestep features are block_out_channels[0] wide.
-    """
-    unet = config["unet"]
-    if unet["time_proj_dim"] != unet["block_out_channels"][0]:
-        raise ExportError("diffusers' UNet needs time_proj_dim == block_out_channels[0]")
-    same = ["in_channels", "out_channels", "sample_size", "block_out_channels", "down_block_types"]
-    same += ["up_block_types", "layers_per_block", "norm_num_groups", "norm_eps", "cross_attention_dim"]
-    same += ["flip_sin_to_cos", "freq_shift"]
-    return {
-        **{key: unet[key] for key in same},
-        "attention_head_dim": [
-            channels // unet["attention_head_dim"] for channels in unet["block_out_channels"]
-        ],
-        "use_linear_projection": True,  # proj_in/proj_out are Linear layers, not 1x1 convs
-    }
+    """minisd's unet config as diffusers' UNet2DConditionModel reads it: the stored one, which is diffusers'
+    own (minisd.architecture: attention_head_dim counts heads per block, as diffusers means it)."""
+    return dict(config["unet"])
 
 
 def sampling_scheduler(config):
-    """The DDIMScheduler minisd samples with (MiniSDPipeline's): trailing timesteps unless the config says."""
+    """The DDIMScheduler minisd samples with: the stored config, timestep spacing ("trailing") included."""
     from minisd.schedulers import DDIMScheduler
 
-    return DDIMScheduler.from_config({"timestep_spacing": "trailing", **config["scheduler"]})
+    return DDIMScheduler.from_config(config["scheduler"])
 
 
 def export_diffusers(model, config, folder):
