@@ -516,7 +516,11 @@ def test_bad_array_types():
         (lambda z: Ops().add(z(1, 2, 3, 3), z(1, 3)), ValueError, r"b must have a's shape"),
         (lambda z: Ops().cfg_combine(z(2, 3), z(3, 2), 7.5), ValueError, "must have the same shape"),
         (lambda z: Ops().ddim_step(z(2, 3), z(2, 3), 0.5, 0.6, eta=1.0), ValueError, "eta > 0 needs noise"),
-        (lambda z: Ops().ddim_step(z(2, 3), z(2, 3), 1.5, 0.6), ValueError, r"alpha_prod_t must be in \[0, 1\]"),
+        (
+            lambda z: Ops().ddim_step(z(2, 3), z(2, 3), 1.5, 0.6),
+            ValueError,
+            r"alpha_prod_t must be in \[0, 1\]",
+        ),
         (
             lambda z: Ops().ddpm_step(z(2, 3), z(2, 3), 0.5, 0.6, noise=z(3, 2)),
             ValueError,
