@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|pack ...   (logs go to $OUT/logs)
-# Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last.
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|all|pack ...   (logs go to $OUT/logs)
+# Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last. `all` runs the
+# checks side by side (they only need right answers), then the parts whose numbers are timings, one at a time.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu-out}
@@ -59,9 +60,7 @@ part_kernels() {
 }
 
 part_bench() {
-  log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
-  log "minisd eval"; timeout "${EVAL_TIMEOUT:-300}" python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
-  cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
+  log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} --out "$OUT/logs/bench.json" 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
 }
 
 part_eval() {
@@ -69,6 +68,16 @@ part_eval() {
   # (they were measured with the training run's own loop): every scale on the same 1,024 prompts and seeds.
   log "minisd eval, guidance sweep"; timeout "${EVAL_SWEEP_TIMEOUT:-900}" python -m minisd eval --num-images "${EVAL_IMAGES:-1024}" \
     --guidance ${EVAL_GUIDANCE:-1 1.5 2 3} 2>&1 | tail -30 | tee "$OUT/logs/eval_guidance.txt"
+}
+
+part_all() {
+  part_tests > "$OUT/logs/tests.out" 2>&1 &
+  part_sanitizer > "$OUT/logs/sanitizer.out" 2>&1 &
+  part_eval > "$OUT/logs/eval.out" 2>&1 &
+  wait
+  tail -3 "$OUT/logs/tests.out"; cat "$OUT/logs/sanitizer.out"; tail -12 "$OUT/logs/eval.out"
+  part_notebooks
+  part_bench
 }
 
 part_pack() {
