@@ -238,6 +238,8 @@ def test_cuda_cpu_strict_counts_each_threads_traffic_and_barriers():
     summed = cuda_cpu.RawKernel(SUM_CPP, "block_sum", strict=True)
     summed((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(0)))
     assert total[0] == x[:64].sum() and summed.counts["total"][:, 1].sum() == 1  # one atomic, one write
-    with pytest.raises(cuda_cpu.LaunchError, match=r"thread 0 reached __syncthreads\(\) 7 times but thread \d+"):
+    with pytest.raises(
+        cuda_cpu.LaunchError, match=r"thread 0 reached __syncthreads\(\) 7 times but thread \d+"
+    ):
         summed((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(1)))
     cuda_cpu.RawKernel(SUM_CPP, "block_sum")((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(1)))

@@ -221,6 +221,10 @@ def _results(session):
     return graded
 
 
+def _count(n, what):
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _header(graded, config):
     if state.role == "parent":
         ran, cuda_cpp = state.grader.ran, state.grader.cuda_cpp
@@ -232,7 +236,7 @@ def _header(graded, config):
     lines = [f"kernels ran {ran or ('on the GPU' if mode.ON_GPU else 'in the simulator')}"]
     if cuda_cpp == "cpu":
         lines[0] += "; lesson 05's CUDA C++ ran on the CPU (g++ with course.cuda_cpu's CUDA shim)"
-    lines.append(f"graded {lessons} lessons ({len(graded)} tests){took}, {how}")
+    lines.append(f"graded {_count(lessons, 'lesson')} ({_count(len(graded), 'test')}){took}, {how}")
     if any(g.result.outcome == "failed" and g.result.scope == "test" for g in graded):
         lines.append(f"test data from --seed {state.seed}: add it to rerun any test with the same numbers")
     return lines
