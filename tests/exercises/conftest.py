@@ -5,7 +5,8 @@ each lesson in a child pytest, a few at a time (grader.Grader): a test that hang
 --grade-timeout seconds, a crash ends only its own process, a lesson that does not import scores zero, and
 every other exercise is graded as usual. The score card (scorecard.py) comes after everything else; tracebacks
 only with an explicit --tb. --grades-json FILE also writes Gradescope's results.json. --grade-inline grades
-in this process instead (no isolation, no time limits: for --pdb).
+in this process instead (no isolation, no time limits: for --pdb), and so does a pytest.main() embedded in
+another program.
 
 Every graded test carries ``@pytest.mark.exercise(id, hints=(idea, what to write, answer))``.
 """
@@ -13,6 +14,7 @@ Every graded test carries ``@pytest.mark.exercise(id, hints=(idea, what to write
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -57,6 +59,12 @@ def _graded(item):
     return HERE in item.path.parents
 
 
+def _embedded():
+    """pytest.main() inside another program (benchmarks/compile_check.py records every launch in its own
+    process): grade in that process."""
+    return Path(sys.argv[0]).name not in ("pytest", "py.test", "__main__.py", "pytest.exe")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     state.started = time.monotonic()
@@ -78,9 +86,9 @@ def pytest_configure(config):
         config.option.tbstyle = "no"  # the score card says it in a paragraph per exercise
     if not any(str(a).startswith("-r") for a in asked):
         config.option.reportchars = ""  # ... so no line per failed test after it
-    if config.getoption("--grade-inline"):
+    if config.getoption("--grade-inline") or _embedded():
         state.role = "inline"
-        grading.instrument()
+        grading.instrument(checks=False)  # on for the graded tests only (pytest_runtest_setup)
         return
     target = ["--solutions"] if config.getoption("--solutions") else []
     if config.getoption("--exercises-dir"):
@@ -145,8 +153,14 @@ def pytest_runtest_setup(item):
     if state.role == "parent" or not _graded(item):
         return
     grading.rng.reseed(state.seed, item.nodeid)
+    grading.strict(True)
     if state.role == "child":
         state.events.send("start", nodeid=item.nodeid)
+
+
+def pytest_runtest_teardown(item):
+    if state.role == "inline" and _graded(item):
+        grading.strict(False)
 
 
 @pytest.hookimpl(wrapper=True)
