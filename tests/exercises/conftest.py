@@ -11,6 +11,7 @@ another program.
 Every graded test carries ``@pytest.mark.exercise(id, hints=(idea, what to write, answer))``.
 """
 
+import json
 import os
 import random
 import re
@@ -71,8 +72,6 @@ def pytest_configure(config):
     asked = config.invocation_params.args
     state.show_tb = any(str(a).startswith("--tb") for a in asked)
     if config.getoption("--grade-child"):
-        import json
-
         state.role = "child"
         state.spec = json.loads(Path(config.getoption("--grade-child")).read_text())
         state.seed = state.spec["seed"]

@@ -12,6 +12,7 @@ CUDA driver must not be forked) each child is a fresh ``python -m pytest``.
 """
 
 import json
+import linecache
 import os
 import re
 import select
@@ -51,14 +52,15 @@ def _shown(path):
     return os.path.relpath(path, ROOT) if path.startswith(str(ROOT) + os.sep) else path
 
 
-def _graded_location(traceback):
-    """``path:line `code``` of the innermost traceback entry in the graded code, or ``""``."""
-    graded = str(grading.target_dir())
-    for entry in reversed(traceback):
-        path = str(entry.path)
+def _where(tb):
+    """``path:line `code``` of the innermost frame of traceback ``tb`` in the graded code, or ``""``."""
+    graded, found = str(grading.target_dir()), ""
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
         if path.startswith(graded):
-            return f"{_shown(path)}:{entry.lineno + 1} `{str(entry.statement).strip()}`"
-    return ""
+            found = f"{_shown(path)}:{tb.tb_lineno} `{linecache.getline(path, tb.tb_lineno).strip()}`"
+        tb = tb.tb_next
+    return found
 
 
 def failure_message(excinfo):
@@ -72,9 +74,9 @@ def failure_message(excinfo):
     text = str(exc).strip()
     if "DID NOT RAISE" in text:
         return f"expected {text.split('DID NOT RAISE', 1)[1].strip()} to be raised for bad input, nothing was raised"
-    where = _graded_location(excinfo.traceback)
     if isinstance(exc, NotImplementedError):
         return f"not written yet ({text or 'it raises NotImplementedError'})"
+    where = _where(exc.__traceback__)
     return f"{type(exc).__name__}: {text}" + (f" at {where}" if where else "")
 
 
@@ -86,26 +88,16 @@ def import_failure(lesson, exc):
         code = f": `{exc.text.strip()}`" if exc.text else ""
         why = f"{shown} does not compile: {exc.msg} at line {exc.lineno}{code}"
     else:
-        where = _graded_location_of(exc)
+        where = _where(exc.__traceback__)
         why = f"importing {path} failed: {type(exc).__name__}: {exc}" + (f" at {where}" if where else "")
     return f"{why}. Every exercise of this lesson scores 0 until it imports."
-
-
-def _graded_location_of(exc):
-    graded, found, tb = str(grading.target_dir()), "", exc.__traceback__
-    while tb is not None:
-        path = tb.tb_frame.f_code.co_filename
-        if path.startswith(graded):
-            found = f"{_shown(path)}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return found
 
 
 class Events:
     """The child's side of the channel: one JSON object per line, flushed at once."""
 
     def __init__(self, path):
-        self._file = open(path, "a", buffering=1)  # noqa: SIM115  (open for the child's whole life)
+        self._file = open(path, "a", buffering=1)  # open for the child's whole life
 
     def send(self, event, **fields):
         self._file.write(json.dumps({"event": event, **fields}) + "\n")
