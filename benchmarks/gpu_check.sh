@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|pack ...   (logs go to $OUT/logs)
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|pack ...   (logs go to $OUT/logs)
 # Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
@@ -16,7 +16,7 @@ part_tests() {
   tail -3 "$OUT/logs/exercises_gpu.txt"
   log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
   timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider -n "${TESTS_WORKERS:-4}" --ignore=tests/test_notebooks.py \
-    --ignore=tests/test_grading.py -k "not ruff" 2>&1 | tail -80 > "$OUT/logs/tests_gpu.txt"
+    --ignore=tests/test_grading.py -k "not ruff" --tb=short 2>&1 | grep -v "Warning\|warnings.warn" > "$OUT/logs/tests_gpu.txt"
   tail -5 "$OUT/logs/tests_gpu.txt"
 }
 
@@ -44,11 +44,12 @@ sanitize() {  # tool, name, command...: keep the verdict lines and each checked 
 }
 
 part_notebooks() {
-  # The GPU machines have no Jupyter: benchmarks/run_notebook.py executes each notebook and keeps its outputs.
+  # The GPU machines have no Jupyter: benchmarks/run_notebook.py executes each notebook and keeps its outputs;
+  # COURSE_RECORD is where notebook 00 writes lesson00_gpu.json. File the folder as benchmarks/<gpu>/notebooks.
   mkdir -p "$OUT/notebooks"
   for nb in ${NOTEBOOKS:-notebooks/*.ipynb}; do
     log "notebook $nb"
-    COURSE_RECORD=1 timeout "${NOTEBOOK_TIMEOUT:-300}" python benchmarks/run_notebook.py "$nb" "$OUT/notebooks/$(basename "$nb")" 2>&1 | tail -20
+    COURSE_RECORD="$OUT/notebooks" timeout "${NOTEBOOK_TIMEOUT:-300}" python benchmarks/run_notebook.py "$nb" "$OUT/notebooks/$(basename "$nb")" 2>&1 | tail -20
   done
 }
 
@@ -61,6 +62,13 @@ part_bench() {
   log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
   log "minisd eval"; timeout "${EVAL_TIMEOUT:-300}" python -m minisd eval 2>&1 | tail -20 | tee "$OUT/logs/eval.txt"
   cp benchmarks/*.json "$OUT/logs/" 2>/dev/null || true
+}
+
+part_eval() {
+  # The guidance choice and the README's prompt-following row, measured with the sampling loop that ships
+  # (they were measured with the training run's own loop): every scale on the same 1,024 prompts and seeds.
+  log "minisd eval, guidance sweep"; timeout "${EVAL_SWEEP_TIMEOUT:-900}" python -m minisd eval --num-images "${EVAL_IMAGES:-1024}" \
+    --guidance ${EVAL_GUIDANCE:-1 1.5 2 3} 2>&1 | tail -30 | tee "$OUT/logs/eval_guidance.txt"
 }
 
 part_pack() {

@@ -2,7 +2,8 @@
 
 The GPU machines have no Jupyter, so this runs each code cell with plain ``exec`` in one namespace, the way a
 kernel would, and stores what a kernel would show: printed text, the value of a cell's last expression,
-errors, and every matplotlib figure as a PNG.
+errors, and every matplotlib figure as a PNG. A whole run on a GPU is stamped with the GPU and the day
+(``metadata.recorded``): course.recorded shows the newest recording to learners in the simulator.
 
     python benchmarks/run_notebook.py notebooks/02_memory.ipynb gpu-out/02_memory.ipynb
 """
@@ -10,6 +11,7 @@ errors, and every matplotlib figure as a PNG.
 import ast
 import base64
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -78,6 +80,12 @@ def main(src, dst):
                 f"{src}: cell {count} raised:\n{cell['outputs'][0].get('text', '')[-2000:]}", file=sys.stderr
             )
             break
+    mode = sys.modules.get("minisd.mode")  # the notebook imported it: it knows where the kernels ran
+    if not failed and mode is not None and mode.ON_GPU:  # a whole run on a GPU: a recording
+        notebook["metadata"]["recorded"] = {
+            "device": mode.gpu_name(),
+            "date": datetime.date.today().isoformat(),
+        }
     Path(dst).write_text(json.dumps(notebook, indent=1))
     print(
         f"{src}: {count} cells in {time.perf_counter() - start:.1f} s{' (stopped at an error)' if failed else ''}"

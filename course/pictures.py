@@ -3,11 +3,13 @@
 Everything here is plain numpy + matplotlib (no CUDA), so it draws the same in the simulator and on a GPU.
 Each function returns the matplotlib ``Figure`` (and draws into ``ax`` when you pass one).
 
-* ``thread_map(owner_block, owner_thread=None, title=None)``
+* ``thread_map(owner_block, owner_thread=None, title=None, launch=None)``
       One cell per output element, coloured by the block that wrote it and labelled with the thread id.
       ``owner_block`` / ``owner_thread`` are int arrays shaped like the output (1-D or 2-D); -1 means
       "no thread wrote this element" (drawn grey, which is how a missing element or a bad guard shows up).
       Record them with a kernel that writes ``cuda.blockIdx.x`` / ``cuda.threadIdx.x`` instead of data.
+      With ``launch=(blocks, threads)`` a 1-D map also draws the launched threads that land past the end of
+      the array (greyed, labelled): the ones the guard ``if i < n`` keeps out.
 * ``access_pattern(addresses, n_memory=None, segment=None, title=None, row_labels=None)``
       Which memory address each thread touches, one row per step (a loop iteration, a warp, a load):
       ``addresses[step, thread]`` is an element index, -1 for "this thread is idle". Cells are coloured by
@@ -19,7 +21,8 @@ Each function returns the matplotlib ``Figure`` (and draws into ``ax`` when you 
 * ``show_images(images, titles=None)``
       A row of images (H, W), (H, W, 3) in [0, 1]; for before/after pictures of image kernels.
 
-``block_colours(owner_block)`` and ``thread_colour(t)`` are the palettes the figures use (tests check them).
+``block_colours(owner_block)``, ``thread_colour(t)`` and ``guarded_colour(block)`` are the palettes the figures
+use (tests check them).
 """
 
 import math
@@ -30,6 +33,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.ticker import MaxNLocator
 
 UNWRITTEN = to_rgba("0.85")  # grey: an element no thread wrote / an idle thread
+GUARDED_OUT = -3  # thread_map's mark for a launched thread past the end of the array
 BACKGROUND = to_rgba("white")  # memory nobody touched
 _PALETTE = [to_rgba(c) for c in plt.get_cmap("tab20").colors]
 _PALETTE = _PALETTE[0::2] + _PALETTE[1::2]  # strong colours first, then their light partners
@@ -82,12 +86,27 @@ def _cell_grid(ax, rows, cols):
     ax.tick_params(which="minor", length=0)
 
 
-def thread_map(owner_block, owner_thread=None, title=None, ax=None, wrap=None, annotate=None):
+def guarded_colour(block):
+    """A thread past the end of the array: its block's colour, greyed."""
+    return tuple(0.3 * np.asarray(thread_colour(block)) + 0.7 * np.asarray(UNWRITTEN))
+
+
+def _past_the_end(n, launch):
+    """Block and thread of each launched thread that lands past element n-1 (one per element or grid-stride)."""
+    blocks, threads = launch
+    total = blocks * threads
+    i = np.arange(n, math.ceil(n / total) * total) % total  # the global thread index of each such slot
+    return i // threads, i % threads
+
+
+def thread_map(owner_block, owner_thread=None, title=None, ax=None, wrap=None, annotate=None, launch=None):
     """Colour each output element by the block that wrote it; label it with the thread id.
 
     owner_block, owner_thread: int arrays shaped like the output, -1 where no thread wrote.
     wrap: cells per row when the arrays are 1-D (default: all of them up to 32, else 32).
     annotate: print thread ids in the cells (default: when there are at most 640 cells).
+    launch: (blocks, threads) of a 1-D launch: also draw, greyed and labelled, the threads past the end of the
+            array, which the guard keeps out (global thread ``i`` handles element ``i``, then ``i + total``...).
     """
     owner_block = np.asarray(owner_block)
     if owner_thread is not None:
@@ -95,11 +114,24 @@ def thread_map(owner_block, owner_thread=None, title=None, ax=None, wrap=None, a
         if owner_thread.shape != owner_block.shape:
             raise ValueError(f"owner_thread has shape {owner_thread.shape}, owner_block {owner_block.shape}")
     one_d = owner_block.ndim == 1
+    n = owner_block.size
+    guarded_blocks = np.empty(0, dtype=int)
+    if launch is not None:
+        if not one_d:
+            raise ValueError(
+                f"launch= draws the threads past the end of a 1-D array; got shape {owner_block.shape}"
+            )
+        guarded_blocks, guarded_threads = _past_the_end(n, launch)
+        owner_block = np.concatenate([owner_block, np.full(guarded_blocks.size, GUARDED_OUT)])
+        if owner_thread is not None:
+            owner_thread = np.concatenate([owner_thread, guarded_threads])
     wrap = wrap or (owner_block.size if owner_block.size <= 32 else 32)
     blocks = _as_grid(owner_block, wrap, -2)  # -2: padding past the end of a 1-D array
     rows, cols = blocks.shape
     rgba = block_colours(blocks)
     rgba[blocks == -2] = BACKGROUND
+    for k, block in enumerate(guarded_blocks):
+        rgba[(n + k) // wrap, (n + k) % wrap] = guarded_colour(block)
     fig, ax = _new_axes(ax, rows, cols)
     ax.imshow(rgba, interpolation="nearest", aspect="equal")
     _cell_grid(ax, rows, cols)
@@ -111,17 +143,26 @@ def thread_map(owner_block, owner_thread=None, title=None, ax=None, wrap=None, a
         for (r, c), label in np.ndenumerate(labels):
             if blocks[r, c] == -2:
                 continue
-            text = "–" if blocks[r, c] < 0 else str(int(label))
-            ax.text(c, r, text, ha="center", va="center", fontsize=size, color="black")
+            past = blocks[r, c] == GUARDED_OUT
+            text = "–" if blocks[r, c] == -1 else str(int(label))
+            ax.text(c, r, text, ha="center", va="center", fontsize=size, color="0.45" if past else "black")
+    if guarded_blocks.size:  # a thick line where the array ends
+        r, c = divmod(n - 1, wrap)
+        ax.plot([c + 0.5, c + 0.5], [r - 0.5, r + 0.5], color="black", linewidth=3)
     if one_d:
         ax.set_xlabel(f"element i = {wrap} × row + column" if rows > 1 else "element i")
         ax.set_yticks(range(rows), [str(r * wrap) for r in range(rows)])
     else:
         ax.set_xlabel("column (x)")
         ax.set_ylabel("row (y)")
-    shown = [b for b in np.unique(blocks) if b >= 0]
-    subtitle = f"colour = block ({len(shown)} blocks), number = thread" if owner_thread is not None else ""
-    ax.set_title("\n".join(filter(None, [title, subtitle])), fontsize=10)
+    count = launch[0] if launch else len([b for b in np.unique(blocks) if b >= 0])
+    subtitle = f"colour = block ({count} blocks), number = thread" if owner_thread is not None else ""
+    past = (
+        f"greyed, past the thick line: threads with i ≥ {n}, kept out by the guard"
+        if guarded_blocks.size
+        else ""
+    )
+    ax.set_title("\n".join(filter(None, [title, subtitle, past])), fontsize=10)
     return fig
 
 

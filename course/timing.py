@@ -1,57 +1,7 @@
-"""One timing harness for every lesson (llm.c dev/cuda style): time versions of a kernel the same way.
+"""The course's timing harness is minisd's kernel harness (minisd/ops/harness.py), so a lesson times its
+kernel versions exactly as minisd's dev tools time minisd's: ``time_gpu`` (CUDA events after a warm-up,
+the median of many runs; wall clock, labelled, in the simulator), ``time_cpu``, ``report``."""
 
-On a GPU it times with CUDA events after a warm-up and reports the median of many runs. In the simulator
-times are meaningless (each thread is a Python thread), so it still runs the function but says so.
-"""
+from minisd.ops.harness import report, time_cpu, time_gpu
 
-import statistics
-import time
-
-import minisd.mode as mode
-
-
-def time_gpu(fn, *, warmup=3, repeat=20):
-    """Median milliseconds of ``fn()``: CUDA events on a GPU, wall clock (labelled) in the simulator."""
-    for _ in range(warmup):
-        fn()
-    if not mode.ON_GPU:
-        start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        return (time.perf_counter() - start) * 1e3 / repeat
-    from numba import cuda
-
-    times = []
-    for _ in range(repeat):
-        begin, end = cuda.event(), cuda.event()
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cuda.event_elapsed_time(begin, end))
-    return statistics.median(times)
-
-
-def time_cpu(fn, *, warmup=1, repeat=5):
-    """Median milliseconds of a host function (numpy, torch on the CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def report(rows, *, bytes_moved=None, flops=None):
-    """Print a table of ``{name: milliseconds}`` with bandwidth / throughput when the work is given."""
-    if not mode.ON_GPU:
-        print("(simulator: times are Python-thread times, not GPU times; compare versions on a real GPU)")
-    for name, ms in rows.items():
-        line = f"{name:<28}{ms:10.4f} ms"
-        if bytes_moved:
-            line += f"{bytes_moved / ms / 1e6:10.1f} GB/s"
-        if flops:
-            line += f"{flops / ms / 1e9:10.1f} TFLOP/s"
-        print(line)
+__all__ = ["report", "time_cpu", "time_gpu"]

@@ -1,13 +1,15 @@
 """``python -m minisd bench``: how fast minisd samples on each backend, against what a user could pick instead.
 
-Every contender runs the same job: encode the prompts (plus the empty prompt for guidance), then 25 DDIM
-steps of the UNet on the batch of conditional and unconditional rows, from the same weights:
+Every contender runs the same job, minisd's one sampling loop (minisd.pipeline): encode the prompts (plus the
+empty prompt for guidance), then 25 DDIM steps of the UNet on the batch of unconditional and conditional rows,
+from the same weights, the same noise and the timesteps of their stored scheduler config:
 
 * minisd on CuPy, replayed from CUDA graphs (and eager, to show what the graphs buy);
 * minisd on Numba;
-* the same model in PyTorch (minisd.model), eager and ``torch.compile(mode="reduce-overhead")`` (Inductor's
-  fused kernels replayed from CUDA graphs: the fair match for minisd's graphs), each in float32 (TF32 off),
-  TF32 (PyTorch's default for cuDNN convolutions), and bf16 / fp16 autocast: what a user who wants speed runs;
+* the same model in PyTorch (minisd.model, sampled by minisd/torch_sampler.py), eager and
+  ``torch.compile(mode="reduce-overhead")`` (Inductor's fused kernels replayed from CUDA graphs: the fair
+  match for minisd's graphs), each in float32 (TF32 off), TF32 (PyTorch's default for cuDNN convolutions),
+  and bf16 / fp16 autocast: what a user who wants speed runs;
 * minisd on numpy (CPU): a few steps timed and extrapolated to the full run (the table says so).
 
 Each row states its precision. minisd's matrix products run in "3xtf32" (float32 accuracy on tensor cores).
@@ -85,10 +87,10 @@ def load_weights(path):
             raise
         import torch
 
-        from minisd.model import MiniSD, default_config
+        from minisd.model import MiniSD
 
         torch.manual_seed(0)
-        model = MiniSD(default_config())  # timing does not depend on the values
+        model = MiniSD()  # timing does not depend on the values
         return (
             {k: v.numpy() for k, v in model.state_dict().items()},
             model.config,
@@ -127,61 +129,31 @@ def minisd_case(state, config, backend, graphs=True):
     return run, warmups
 
 
-class TorchSampler:
-    """The same sampling loop on minisd.model in PyTorch: DDIM (minisd.schedulers on torch tensors) + CFG."""
-
-    def __init__(self, state, config, device, compile_mode=None, precision="fp32"):
-        import torch
-
-        from minisd.model import MiniSD
-        from minisd.schedulers import DDIMScheduler
-        from minisd.text import tokenize
-
-        self.torch, self.tokenize, self.device = torch, tokenize, device
-        self.precision = precision
-        model = MiniSD(config)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        self.model = model.to(device).eval()
-        scheduler_config = dict(config["scheduler"], timestep_spacing="trailing")  # as minisd.pipeline
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
-        self.unet = self.model.unet
-        self.compiled = compile_mode is not None
-        if self.compiled:
-            self.unet = torch.compile(self.model.unet, mode=compile_mode)
-
-    def __call__(self, prompts, steps, guidance):
-        torch = self.torch
-        n = len(prompts)
-        tf32 = self.precision != "fp32"  # TF32 is PyTorch's default for cuDNN; autocast leaves some fp32 ops
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        autocast = torch.autocast("cuda", dtype=half) if half else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            ids = torch.from_numpy(self.tokenize([""] * n + prompts)).to(self.device)
-            context = self.model.text_encoder(ids)
-            size = self.model.config["unet"]["sample_size"]
-            x = torch.randn((n, 3, size, size), device=self.device)
-            self.scheduler.set_timesteps(steps)
-            for t in self.scheduler.timesteps:
-                if self.compiled:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs may be overwritten
-                timestep = torch.full((2 * n,), float(t), device=self.device)
-                eps_uncond, eps_cond = self.unet(torch.cat([x, x]), timestep, context).float().chunk(2)
-                eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-                x = self.scheduler.step(eps, int(t), x).prev_sample
-            return x.cpu().numpy()
-
-
 def torch_case(state, config, compile_mode=None, precision="fp32"):
+    """minisd.model in PyTorch, sampled by the same loop (minisd/torch_sampler.py), at ``precision``."""
     import torch
+
+    from minisd.model import MiniSD
+    from minisd.torch_sampler import TorchSampler
 
     if compile_mode:
         torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per batch size, as minisd
         torch._dynamo.config.cache_size_limit = 64
-    sampler = TorchSampler(state, config, "cuda", compile_mode, precision)
+    model = MiniSD(config)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    model = model.to("cuda").eval()
+    unet = torch.compile(model.unet, mode=compile_mode) if compile_mode else None
+    sampler = TorchSampler(model, unet, compiled=compile_mode is not None)
+    tf32 = precision != "fp32"  # TF32 is PyTorch's default for cuDNN; autocast leaves some fp32 ops
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def run(batch, steps, guidance, progress=None):
-        return lambda: sampler(prompts_for(batch), steps, guidance)
+        def sample():
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            with torch.autocast("cuda", dtype=half) if half else contextlib.nullcontext():
+                return sampler(prompts_for(batch), steps, guidance)
+
+        return sample
 
     return run, 3 if compile_mode else 1  # compile, record, then replay
 

@@ -5,7 +5,7 @@ its GPU time, so an eager loop leaves the GPU idle most of the time (batch 1 esp
 records the launches once and replays them with one call. What a graph bakes in: every kernel's
 arguments, including the arrays' addresses and the scalars (DDIM coefficients, guidance scale). So:
 
-* one set of graphs per ``SamplingPlan`` (batch, timesteps, guidance): a new plan is a new capture;
+* one set of graphs per ``SamplingPlan`` (batch, size, timesteps, guidance): a new plan is a new capture;
 * inputs go into fixed buffers (the one-hot prompts, the initial noise) before each replay;
 * every array the graphs touch comes from a private memory pool, kept alive with the graphs, so nothing
   else can be handed that memory between replays.
@@ -37,6 +37,9 @@ class GraphedSampler:
         """Sample (numpy result) for ``plan``: eager the first time, from CUDA graphs afterwards."""
         entry = self.plans.get(plan)
         if entry is None:
+            # The weights were uploaded (and prepared by kernels) on the default stream, and a non-blocking
+            # stream does not wait for it: without this, the first steps could read half-written weights.
+            cp.cuda.Device().synchronize()
             entry = self.plans[plan] = _Captured(cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True))
             return self._eager(entry, one_hot, shape, seed, plan, progress)
         if entry.graphs is None:
@@ -45,7 +48,7 @@ class GraphedSampler:
 
     def _eager(self, entry, one_hot, shape, seed, plan, progress):
         with cp.cuda.using_allocator(entry.pool.malloc), entry.stream:
-            noise = cupy_ops.randn(shape, seed)
+            noise = self.sampler.ops.randn(shape, seed)
             x = self.sampler.run(one_hot, noise, plan, progress)
             return x.get()
 

@@ -80,17 +80,29 @@ def default_backend():
     return "numba" if ON_GPU else "numpy"
 
 
-def check_backend(backend):
-    """Raise a clear error when ``backend`` is unknown or cannot run on this machine."""
+def check_backend(backend, whole_model=False):
+    """Raise a clear error when ``backend`` is unknown or cannot run on this machine.
+
+    ``whole_model``: the caller runs the full model (sampling, eval), which the CUDA simulator cannot finish,
+    so the simulator is no way out for it: a step's 3x3 convolutions alone compute 10^6 outputs, at 1-3 ms
+    each there (measured on 2 CPU cores). Ops and lesson-sized shapes may use it (MINISD_ALLOW_SIMULATOR=1).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "cupy" and not has_cupy():
         why = "no GPU was found" if not ON_GPU else "CuPy is not installed (pip install -e '.[cuda13]')"
         raise RuntimeError(f"backend 'cupy' needs a CUDA GPU and CuPy, but {why}.")
+    if backend == "numba" and not ON_GPU and whole_model:
+        raise RuntimeError(
+            "backend 'numba' needs a CUDA GPU to run minisd and none was found: use backend 'numpy' (the "
+            "same model and pictures, on the CPU). Numba's CUDA simulator runs one Python thread per CUDA "
+            "thread: about an hour for one sampling step, so it is for the lessons' small shapes only."
+        )
     if backend == "numba" and not ON_GPU and os.environ.get("MINISD_ALLOW_SIMULATOR") != "1":
         raise RuntimeError(
-            "backend 'numba' needs a CUDA GPU and none was found. Use backend 'numpy', or set "
-            "MINISD_ALLOW_SIMULATOR=1 to run the Numba kernels in the (very slow) CUDA simulator."
+            "backend 'numba' needs a CUDA GPU and none was found. Use backend 'numpy', or, for small shapes "
+            "(single ops, as the tests do), set MINISD_ALLOW_SIMULATOR=1 to run the Numba kernels in the "
+            "(very slow) CUDA simulator."
         )
 
 
@@ -122,6 +134,14 @@ def describe():
     return "mode: simulator (no GPU) — Numba's CUDA simulator runs every thread in Python; sizes are small"
 
 
+def describe_backend(backend):
+    """Where a minisd backend runs, for the first line a command prints."""
+    if backend == "numpy":
+        return "numpy on the CPU" + ("" if ON_GPU else " (no GPU found)")
+    where = f"the GPU ({gpu_name()})" if ON_GPU else "Numba's CUDA simulator (no GPU found)"
+    return f"{backend} kernels on {where}"
+
+
 def banner():
     print(describe())
 
@@ -146,8 +166,8 @@ def info():
         from numba import cuda
 
         dev = cuda.get_current_device()
-        cc = ".".join(map(str, dev.compute_capability))
-        lines.append(f"gpu:          {gpu_name()} (compute capability {cc}, {dev.MULTIPROCESSOR_COUNT} SMs)")
+        cc, sms = ".".join(map(str, dev.compute_capability)), dev.MULTIPROCESSOR_COUNT
+        lines.append(f"gpu:          {gpu_name()} (compute capability {cc}, {sms} SM{'s' * (sms != 1)})")
     else:
         lines.append("gpu:          none found (no CUDA driver answered)")
     lines.append(f"python:       {platform.python_version()} on {platform.machine()}")

@@ -1,15 +1,23 @@
 """minisd's two networks in PyTorch: a CLIP-like text encoder and a small diffusers-style UNet.
 
 PyTorch is used to TRAIN minisd and as the test oracle for the course's own kernels. Module names follow
-diffusers' UNet2DConditionModel and HF's CLIP text model, so ``state_dict()`` keys read like Stable
+diffusers' UNet2DConditionModel and transformers' CLIPTextModel, so ``state_dict()`` keys read like Stable
 Diffusion's (``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) and a learner can
 hold the two side by side. Embeddings are nn.Embedding, so their keys end in ".weight"
 (``text_encoder.position_embedding.weight``). See docs/MINISD_SPEC.md for the contract; every block here is
 written out in full (no diffusers import) so it can be read top to bottom.
 
-    model = MiniSD(CONFIG)                       # .text_encoder and .unet
+The UNet is diffusers' exactly (its weights in diffusers' UNet2DConditionModel give the same outputs). The
+text encoder is not CLIP's: its keys load into CLIPTextModel after a prefix rename, but CLIP masks attention
+causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.30 apart
+on the shipped weights).
+
+    model = MiniSD()                             # minisd.architecture.default_config(); .text_encoder, .unet
     context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
     eps = model.unet(noisy, timesteps, context)  # (B, 3, 32, 32) -> (B, 3, 32, 32)
+
+Every channel count, head count, group count and eps comes from minisd.architecture, read from the config:
+the same description the kernel forward pass (minisd/forward.py) walks.
 """
 
 import copy
@@ -19,53 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minisd.text import MAX_LENGTH, VOCAB
-
-CONFIG = {
-    "text_encoder": {
-        "vocab_size": len(VOCAB),
-        "max_length": MAX_LENGTH,
-        "hidden_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "intermediate_size": 256,
-        "layer_norm_eps": 1e-5,
-    },
-    "unet": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "sample_size": 32,
-        "block_out_channels": [32, 64, 128],
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "norm_eps": 1e-5,
-        "attention_head_dim": 32,
-        "cross_attention_dim": 64,
-        "time_proj_dim": 32,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-    },
-    "scheduler": {
-        "num_train_timesteps": 1000,
-        "beta_schedule": "squaredcos_cap_v2",
-        "prediction_type": "epsilon",
-        "clip_sample": True,
-    },
-}
-
-
-def default_config():
-    """A fresh copy of CONFIG, safe to edit."""
-    return copy.deepcopy(CONFIG)
-
+from minisd import architecture
 
 # ----------------------------------------------------------------------------------------------- text encoder
 
 
 class CLIPAttention(nn.Module):
-    """Multi-head self-attention over the prompt's tokens (no causal mask: the prompt is tiny)."""
+    """Multi-head self-attention over the prompt's tokens, with no mask: unlike CLIP's, whose mask is causal,
+    every token sees the whole prompt (a tiny one: 8 tokens, <pad> included)."""
 
     def __init__(self, dim, heads):
         super().__init__()
@@ -233,7 +202,7 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim, mult=4):
+    def __init__(self, dim, mult=architecture.FF_MULT):
         super().__init__()
         # net.1 is a Dropout in diffusers; nn.Identity keeps the index (and so the key names) the same.
         self.net = nn.ModuleList([GEGLU(dim, mult * dim), nn.Identity(), nn.Linear(mult * dim, dim)])
@@ -247,14 +216,21 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention to the prompt, feed-forward; each pre-norm with a residual."""
 
-    def __init__(self, dim, heads, context_dim):
+    def __init__(
+        self,
+        dim,
+        heads,
+        context_dim,
+        eps=architecture.TRANSFORMER_LAYER_NORM_EPS,
+        ff_mult=architecture.FF_MULT,
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn1 = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.attn2 = Attention(dim, heads, context_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.ff = FeedForward(dim, ff_mult)
 
     def forward(self, x, context):
         x = x + self.attn1(self.norm1(x))
@@ -265,12 +241,16 @@ class BasicTransformerBlock(nn.Module):
 class Transformer2DModel(nn.Module):
     """Image (B,C,H,W) -> H*W tokens -> transformer block -> image, plus the input (use_linear_projection)."""
 
-    def __init__(self, channels, heads, context_dim, groups):
+    def __init__(self, spec):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, context_dim)])
-        self.proj_out = nn.Linear(channels, channels)
+        c = spec.channels
+        self.norm = nn.GroupNorm(spec.groups, c, eps=spec.group_norm_eps)
+        self.proj_in = nn.Linear(c, c)
+        block = BasicTransformerBlock(
+            c, spec.heads, spec.context_dim, spec.layer_norm_eps, spec.ff_inner // c
+        )
+        self.transformer_blocks = nn.ModuleList([block])
+        self.proj_out = nn.Linear(c, c)
 
     def forward(self, x, context):
         b, c, h, w = x.shape
@@ -285,24 +265,23 @@ class Transformer2DModel(nn.Module):
 # ------------------------------------------------------------------------------------------- UNet blocks
 
 
+def _resnets(block):
+    return nn.ModuleList(
+        ResnetBlock2D(r.in_channels, r.out_channels, r.temb_channels, r.groups, r.eps) for r in block.resnets
+    )
+
+
+def _attentions(block):
+    return nn.ModuleList(Transformer2DModel(t) for t in block.attentions) if block.attentions else None
+
+
 class DownBlock(nn.Module):
     """DownBlock2D (no attentions) or CrossAttnDownBlock2D; returns the output and the skips it pushes."""
 
-    def __init__(
-        self, in_ch, out_ch, temb_ch, layers, groups, eps, head_dim, context_dim, cross_attn, downsample
-    ):
+    def __init__(self, spec):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps) for i in range(layers)
-        )
-        self.attentions = (
-            nn.ModuleList(
-                Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in range(layers)
-            )
-            if cross_attn
-            else None
-        )
-        self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if downsample else None
+        self.resnets, self.attentions = _resnets(spec), _attentions(spec)
+        self.downsamplers = nn.ModuleList([Downsample2D(spec.sampler.in_channels)]) if spec.sampler else None
 
     def forward(self, x, temb, context):
         skips = []
@@ -320,22 +299,10 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """UpBlock2D or CrossAttnUpBlock2D: each resnet eats one skip, concatenated on the channels."""
 
-    def __init__(
-        self, skip_chs, prev_ch, out_ch, temb_ch, groups, eps, head_dim, context_dim, cross_attn, upsample
-    ):
+    def __init__(self, spec):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D((prev_ch if i == 0 else out_ch) + skip, out_ch, temb_ch, groups, eps)
-            for i, skip in enumerate(skip_chs)
-        )
-        self.attentions = (
-            nn.ModuleList(
-                Transformer2DModel(out_ch, out_ch // head_dim, context_dim, groups) for _ in skip_chs
-            )
-            if cross_attn
-            else None
-        )
-        self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if upsample else None
+        self.resnets, self.attentions = _resnets(spec), _attentions(spec)
+        self.upsamplers = nn.ModuleList([Upsample2D(spec.sampler.in_channels)]) if spec.sampler else None
 
     def forward(self, x, skips, temb, context):
         for i, resnet in enumerate(self.resnets):
@@ -348,10 +315,9 @@ class UpBlock(nn.Module):
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
-    def __init__(self, ch, temb_ch, groups, eps, head_dim, context_dim):
+    def __init__(self, spec):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, groups, eps) for _ in range(2)])
-        self.attentions = nn.ModuleList([Transformer2DModel(ch, ch // head_dim, context_dim, groups)])
+        self.resnets, self.attentions = _resnets(spec), _attentions(spec)
 
     def forward(self, x, temb, context):
         x = self.resnets[0](x, temb)
@@ -360,72 +326,22 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 
 class UNet2DConditionModel(nn.Module):
-    """(noisy sample, timestep, encoder_hidden_states) -> predicted noise (epsilon), shaped like the sample."""
+    """(noisy sample, timestep, encoder_hidden_states) -> predicted noise (epsilon), shaped like the sample.
 
-    def __init__(
-        self,
-        in_channels,
-        out_channels,
-        sample_size,
-        block_out_channels,
-        down_block_types,
-        up_block_types,
-        layers_per_block,
-        norm_num_groups,
-        norm_eps,
-        attention_head_dim,
-        cross_attention_dim,
-        time_proj_dim,
-        flip_sin_to_cos,
-        freq_shift,
-    ):
+    Built from ``spec`` (minisd.architecture.UNet), which holds every block's channels, heads and skips."""
+
+    def __init__(self, spec):
         super().__init__()
-        self.sample_size = sample_size
-        self.time_proj_args = (time_proj_dim, flip_sin_to_cos, freq_shift)
-        temb_ch = 4 * block_out_channels[0]
-        self.time_embedding = TimestepEmbedding(time_proj_dim, temb_ch)
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        common = dict(
-            temb_ch=temb_ch,
-            groups=norm_num_groups,
-            eps=norm_eps,
-            head_dim=attention_head_dim,
-            context_dim=cross_attention_dim,
-        )
-
-        # Down path; remember each skip's channel count so the up path knows what it will concatenate.
-        skip_chs = [block_out_channels[0]]
-        self.down_blocks = nn.ModuleList()
-        for i, kind in enumerate(down_block_types):
-            in_ch = block_out_channels[max(i - 1, 0)]
-            out_ch = block_out_channels[i]
-            last = i == len(block_out_channels) - 1
-            cross = kind == "CrossAttnDownBlock2D"
-            self.down_blocks.append(
-                DownBlock(
-                    in_ch, out_ch, layers=layers_per_block, cross_attn=cross, downsample=not last, **common
-                )
-            )
-            skip_chs += [out_ch] * layers_per_block + ([] if last else [out_ch])
-
-        mid_ch = block_out_channels[-1]
-        self.mid_block = UNetMidBlock2DCrossAttn(mid_ch, **common)
-
-        # Up path: layers_per_block + 1 resnets per block, each popping one skip (deepest first).
-        self.up_blocks = nn.ModuleList()
-        prev_ch = mid_ch
-        for i, kind in enumerate(up_block_types):
-            out_ch = block_out_channels[-1 - i]
-            mine = [skip_chs.pop() for _ in range(layers_per_block + 1)]
-            last = i == len(block_out_channels) - 1
-            cross = kind == "CrossAttnUpBlock2D"
-            self.up_blocks.append(
-                UpBlock(mine, prev_ch, out_ch, cross_attn=cross, upsample=not last, **common)
-            )
-            prev_ch = out_ch
-
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.sample_size = spec.sample_size
+        t = spec.time
+        self.time_proj_args = (t.proj_dim, t.flip_sin_to_cos, t.freq_shift)
+        self.time_embedding = TimestepEmbedding(t.proj_dim, t.channels)
+        self.conv_in = nn.Conv2d(spec.conv_in.in_channels, spec.conv_in.out_channels, 3, padding=1)
+        self.down_blocks = nn.ModuleList(DownBlock(b) for b in spec.down)
+        self.mid_block = UNetMidBlock2DCrossAttn(spec.mid)
+        self.up_blocks = nn.ModuleList(UpBlock(b) for b in spec.up)
+        self.conv_norm_out = nn.GroupNorm(spec.groups, spec.conv_out.in_channels, eps=spec.eps)
+        self.conv_out = nn.Conv2d(spec.conv_out.in_channels, spec.conv_out.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep, encoder_hidden_states):
         if not torch.is_tensor(timestep) or timestep.ndim == 0:
@@ -447,13 +363,20 @@ class UNet2DConditionModel(nn.Module):
 
 
 class MiniSD(nn.Module):
-    """Both networks in one module, so ``state_dict()`` keys start with "text_encoder." and "unet."."""
+    """Both networks in one module, so ``state_dict()`` keys start with "text_encoder." and "unet.".
+
+    ``config`` is what the weights file stores (default: minisd.architecture.default_config())."""
 
     def __init__(self, config=None):
         super().__init__()
-        self.config = copy.deepcopy(config or CONFIG)
-        self.text_encoder = TextEncoder(**self.config["text_encoder"])
-        self.unet = UNet2DConditionModel(**self.config["unet"])
+        self.config = copy.deepcopy(config or architecture.default_config())
+        arch = architecture.read(self.config)
+        te = arch.text_encoder
+        self.text_encoder = TextEncoder(
+            te.vocab_size, te.max_length, te.hidden_size, te.num_layers, te.num_heads, te.intermediate_size,
+            te.layer_norm_eps,
+        )  # fmt: skip
+        self.unet = UNet2DConditionModel(arch.unet)
 
     def forward(self, sample, timestep, input_ids):
         return self.unet(sample, timestep, self.text_encoder(input_ids))

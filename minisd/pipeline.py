@@ -2,10 +2,15 @@
 
     images = minisd.generate(["a red circle on a blue background"], seed=0)   # uint8 (1, 32, 32, 3)
 
-Everything runs on the course's ops (minisd/forward.py), so the backend ("numpy", "numba", "cupy") only
-changes where the arithmetic happens: the initial noise comes from ``ops.randn(shape, seed)``, the same
-numbers on every backend, so a seed gives the same picture everywhere (up to float32 rounding). On CuPy the
-whole sampling loop is replayed from CUDA graphs (minisd/cuda_graphs.py).
+The sampling loop is written once, here (``SamplingPlan`` and ``denoise``): the timesteps and step
+coefficients come from the scheduler config stored with the weights, the prompt rows are
+[unconditional..., conditional...], the initial noise is ``randn(shape, seed)`` of minisd's counter-based
+generator. The same loop samples the PyTorch model (minisd/torch_sampler.py: training's validation and the
+bench's PyTorch contenders), so every number minisd reports comes from the loop that ships.
+
+Everything here runs on the course's ops (minisd/forward.py), so the backend ("numpy", "numba", "cupy")
+only changes where the arithmetic happens: a seed gives the same picture everywhere (up to float32
+rounding). On CuPy the whole sampling loop is replayed from CUDA graphs (minisd/cuda_graphs.py).
 """
 
 import contextlib
@@ -17,8 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 import minisd.mode as mode
-from minisd import forward, weights
-from minisd.opset import OpSet
+from minisd import architecture, weights
+from minisd.forward import Forward, one_hot_tokens, prepare_params
+from minisd.ops import Ops
 from minisd.schedulers import DDIMScheduler
 from minisd.text import tokenize
 
@@ -26,6 +32,8 @@ DEFAULT_STEPS = 25
 # Measured on the shipped weights with minisd's checker (benchmarks/training_h100.md, 1,024 images, 25 steps):
 # guidance 1.5 follows prompts 100/100/99.9 % (colour/background/shape), 2.0 93/100/94 %, 3.0 52/68/57 %.
 # Each prompt fixes the picture almost completely, so strong guidance pushes samples off the data.
+# (Measured with the training run's own loop, which stepped 960 -> 0; `python -m minisd eval --guidance 1 1.5
+# 2 3` re-measures it with this one.)
 DEFAULT_GUIDANCE = 1.5
 DEFAULT_PROMPT = "a red circle on a blue background"
 CPU_CHUNK = 16  # images per pass on numpy: larger batches outgrow the CPU caches (im2col) and run slower
@@ -36,10 +44,28 @@ class SamplingPlan:
     """Everything about one sampling run except the prompts and the seed (what a CUDA graph bakes in)."""
 
     batch: int  # images
-    timesteps: tuple  # DDIM timesteps, high to low
-    alpha_prods: tuple  # (alpha_bar_t, alpha_bar_prev) per step
+    height: int
+    width: int
+    timesteps: tuple  # high to low
+    coefficients: tuple  # minisd.schedulers.StepCoefficients of each step
     guidance_scale: float
     clip_range: float | None  # x_0 clipping range, None = no clipping
+
+    @classmethod
+    def make(cls, scheduler, batch, num_inference_steps, guidance_scale, height, width):
+        """The plan of ``scheduler`` (a DDIMScheduler built from the weights' config) for one run."""
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = tuple(int(t) for t in scheduler.timesteps)
+        c = scheduler.config
+        return cls(
+            batch=batch,
+            height=height,
+            width=width,
+            timesteps=timesteps,
+            coefficients=tuple(scheduler.step_coefficients(t) for t in timesteps),
+            guidance_scale=check_guidance(guidance_scale),
+            clip_range=float(c.clip_sample_range) if c.clip_sample else None,
+        )
 
     @property
     def guided(self):
@@ -51,9 +77,37 @@ class SamplingPlan:
         """UNet batch: [unconditional..., conditional...] with guidance, as diffusers orders them."""
         return 2 * self.batch if self.guided else self.batch
 
+    def prompt_rows(self, prompts):
+        """The prompts of the UNet's rows, in that order ("" is the unconditional prompt)."""
+        return ([""] * len(prompts) if self.guided else []) + list(prompts)
+
     def timestep_rows(self):
         """(steps * rows,) float32: each step's timestep once per UNet row."""
         return np.repeat(np.asarray(self.timesteps, np.float32), self.rows)
+
+    def noise_shape(self, channels):
+        return (self.batch, channels, self.height, self.width)
+
+
+def denoising_step(ops, plan, i, x, predict_noise):
+    """Step ``i`` of the loop: the model's noise prediction for the rows, guidance, one DDIM step.
+
+    ``ops`` needs concat_batch, cfg_combine and scheduler_step (minisd.ops.Ops, or torch_sampler.TorchOps);
+    ``predict_noise(i, rows)`` is the UNet at step i's timestep."""
+    model_input = ops.concat_batch(x, x) if plan.guided else x
+    eps = predict_noise(i, model_input)
+    if plan.guided:
+        eps = ops.cfg_combine(eps[: plan.batch], eps[plan.batch :], plan.guidance_scale)
+    return ops.scheduler_step(x, eps, None, plan.coefficients[i], plan.clip_range)
+
+
+def denoise(ops, plan, x, predict_noise, progress=None):
+    """The sampling loop: every step of ``plan`` from the initial noise ``x``; ``progress(i, n)`` after each."""
+    for i in range(len(plan.timesteps)):
+        x = denoising_step(ops, plan, i, x, predict_noise)
+        if progress is not None:
+            progress(i, len(plan.timesteps))
+    return x
 
 
 def check_guidance(guidance_scale):
@@ -63,52 +117,33 @@ def check_guidance(guidance_scale):
     return float(guidance_scale)
 
 
-def concat_batch(ops, a, b):
-    """(N, ...) and (N, ...) -> (2N, ...): one channel concat of (1, N*C, H, W) views (no batch op needed)."""
-    n, c, h, w = a.shape
-    both = ops.concat_channels(a.reshape(1, n * c, h, w), b.reshape(1, n * c, h, w))
-    return both.reshape(2 * n, c, h, w)
-
-
 class Sampler:
-    """The sampling loop in two parts, so CUDA graphs can capture each: ``prologue`` (prompt and timestep
-    work, once per run) and ``step`` (one UNet evaluation, guidance, one DDIM step)."""
+    """The loop on the course's ops in two parts, so CUDA graphs can capture each: ``prologue`` (prompt and
+    timestep work, once per run) and ``step`` (one ``denoising_step``)."""
 
-    def __init__(self, ops, params, config):
-        self.ops, self.params, self.config = ops, params, config
+    def __init__(self, ops, net):
+        self.ops, self.net = ops, net
 
     def prologue(self, one_hot, timestep_rows, plan):
-        ops = self.ops
-        context = forward.text_encoder_forward(ops, self.params, self.config, one_hot)
-        kv = forward.cross_attention_kv(ops, self.params, context)
-        temb = forward.time_projections(ops, self.params, self.config, timestep_rows)
+        context = self.net.text_encoder(one_hot)
+        kv = self.net.cross_attention_kv(context)
+        temb = self.net.time_projections(timestep_rows)
         steps = len(plan.timesteps)
         # (steps * rows, C) -> one (rows, C) slice per step: contiguous views, no copies
         per_step = [
-            {k: v.reshape(steps, plan.rows, v.shape[-1])[i] for k, v in temb.items()} for i in range(steps)
+            {k: v.reshape(steps, plan.rows, tuple(v.shape)[-1])[i] for k, v in temb.items()}
+            for i in range(steps)
         ]
         return kv, per_step
 
     def step(self, i, x, state, plan):
-        ops = self.ops
         kv, temb = state
-        model_input = concat_batch(ops, x, x) if plan.guided else x
-        eps = forward.unet_forward(ops, self.params, self.config, model_input, temb[i], kv)
-        if plan.guided:
-            eps = ops.cfg_combine(eps[: plan.batch], eps[plan.batch :], plan.guidance_scale)
-        alpha_prod_t, alpha_prod_t_prev = plan.alpha_prods[i]
-        clip = plan.clip_range is not None
-        return ops.ddim_step(x, eps, alpha_prod_t, alpha_prod_t_prev, 0.0, None, clip, plan.clip_range or 1.0)
+        return denoising_step(self.ops, plan, i, x, lambda i, rows: self.net.unet(rows, temb[i], kv))
 
     def run(self, one_hot, noise, plan, progress=None):
         """Eager: every op launched from Python. Returns the final sample (on the ops' device)."""
-        state = self.prologue(self.ops.to_device(one_hot), self.ops.to_device(plan.timestep_rows()), plan)
-        x = noise
-        for i in range(len(plan.timesteps)):
-            x = self.step(i, x, state, plan)
-            if progress is not None:
-                progress(i, len(plan.timesteps))
-        return x
+        kv, temb = self.prologue(self.ops.to_device(one_hot), self.ops.to_device(plan.timestep_rows()), plan)
+        return denoise(self.ops, plan, noise, lambda i, rows: self.net.unet(rows, temb[i], kv), progress)
 
 
 def host_threads(backend):
@@ -129,29 +164,54 @@ def to_uint8(sample):
 
 
 class MiniSDPipeline:
-    """Weights on a backend, ready to sample. ``MiniSDPipeline.from_pretrained()`` loads the trained file."""
+    """Weights on a backend, ready to sample. ``MiniSDPipeline.from_pretrained()`` loads the trained file.
+
+    ``kernels``: None or "minisd" (the course's finished kernels on ``backend``), or "solutions" /
+    "exercises": that lesson11.py's functions, probed first (minisd/lesson_kernels.py), on numpy arrays."""
 
     def __init__(self, state, config, backend=None, kernels=None, log=print):
-        self.backend = mode.default_backend() if backend is None else backend
-        mode.check_backend(self.backend)
         self.config = config
-        scheduler_config = dict(config["scheduler"])
-        # "trailing" starts at t = T-1 (pure noise); diffusers' "leading" would start at 960 of 1000.
-        scheduler_config.setdefault("timestep_spacing", "trailing")
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        try:
+            self.arch = architecture.read(config)
+        except architecture.ConfigError as err:
+            raise weights.WeightsError(f"the config does not describe a minisd model: {err}") from err
+        # the stored scheduler config as it is: its timestep_spacing ("trailing") and every other setting
+        self.scheduler = DDIMScheduler.from_config(config["scheduler"])
         if self.scheduler.config.prediction_type != "epsilon":
             raise ValueError(
                 f"minisd samples epsilon-prediction models, not {self.scheduler.config.prediction_type!r}"
             )
-        self.ops = OpSet(self.backend, kernels, log)
-        self.params = forward.prepare_params(state, config, self.ops)
-        self.sampler = Sampler(self.ops, self.params, config)
+        if kernels in (None, "minisd"):
+            self.ops, forward_class = Ops(backend), Forward
+        else:
+            from minisd import lesson_kernels
+
+            self.ops, forward_class = lesson_kernels.load(kernels, log)
+        self.backend = self.ops.backend
+        self.net = forward_class(self.ops, prepare_params(state, self.arch, self.ops), self.arch)
+        self.sampler = Sampler(self.ops, self.net)
         self.graphs = None
-        if self.backend == "cupy" and self.ops.fused_epilogues:
+        if self.backend == "cupy":
             from minisd.cuda_graphs import GraphedSampler
 
             self.graphs = GraphedSampler(self.sampler)
         self.last_timings = {}
+
+    @classmethod
+    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print):
+        state, config = weights.load(path)
+        return cls(state, config, backend=backend, kernels=kernels, log=log)
+
+    def plan(self, batch, num_inference_steps, guidance_scale, height=None, width=None):
+        u = self.arch.unet
+        height, width = height or u.sample_size, width or u.sample_size
+        multiple = 2**u.downsamplings
+        for name, size in (("height", height), ("width", width)):
+            if not isinstance(size, numbers.Integral) or size < multiple or size % multiple:
+                raise ValueError(
+                    f"{name} must be a multiple of {multiple} (the UNet halves it {u.downsamplings}x)"
+                )
+        return SamplingPlan.make(self.scheduler, batch, num_inference_steps, guidance_scale, height, width)
 
     def _sample_in_chunks(self, one_hot, noise, plan, progress):
         """The eager loop, on the CPU a chunk of images at a time (same noise, so the same images)."""
@@ -171,23 +231,6 @@ class MiniSDPipeline:
             parts.append(self.ops.to_numpy(self.sampler.run(part_one_hot, noise[rows], part, report)))
         return np.concatenate(parts)
 
-    @classmethod
-    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print):
-        state, config = weights.load(path)
-        return cls(state, config, backend=backend, kernels=kernels, log=log)
-
-    def plan(self, batch, num_inference_steps, guidance_scale):
-        self.scheduler.set_timesteps(num_inference_steps)
-        timesteps = tuple(int(t) for t in self.scheduler.timesteps)
-        c = self.scheduler.config
-        return SamplingPlan(
-            batch=batch,
-            timesteps=timesteps,
-            alpha_prods=tuple(self.scheduler.alpha_prods(t) for t in timesteps),
-            guidance_scale=float(guidance_scale),
-            clip_range=float(c.clip_sample_range) if c.clip_sample else None,
-        )
-
     def __call__(
         self,
         prompts,
@@ -195,17 +238,18 @@ class MiniSDPipeline:
         guidance_scale=DEFAULT_GUIDANCE,
         seed=0,
         progress=None,
+        height=None,
+        width=None,
     ):
+        """Prompts -> uint8 images (N, height, width, 3); height and width default to the model's size."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("prompts is empty: pass at least one prompt")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-        check_guidance(guidance_scale)
-        plan = self.plan(len(prompts), num_inference_steps, guidance_scale)
-        ids = tokenize(([""] * len(prompts) if plan.guided else []) + prompts)
-        one_hot = forward.one_hot_tokens(ids, self.config["text_encoder"]["vocab_size"])
-        shape = (plan.batch, self.config["unet"]["in_channels"], *(2 * [self.config["unet"]["sample_size"]]))
+        plan = self.plan(len(prompts), num_inference_steps, guidance_scale, height, width)
+        one_hot = one_hot_tokens(tokenize(plan.prompt_rows(prompts)), self.arch.text_encoder.vocab_size)
+        shape = plan.noise_shape(self.arch.unet.in_channels)
         start = time.perf_counter()
         if self.graphs is not None:
             sample = self.graphs.run(one_hot, shape, seed, plan, progress)
@@ -234,8 +278,8 @@ def generate(
 
     ``backend``: "numpy" | "numba" | "cupy" (None: the fastest this machine has). ``kernels``: None or
     "minisd" (the course's finished kernels), "solutions" or "exercises" (solutions/ or exercises/lesson11.py
-    in place of minisd's, op by op). ``progress(i, n)`` is called after each step. The loaded pipeline is
-    kept, so later calls skip loading (and on CuPy replay captured CUDA graphs).
+    in place of minisd's, op by op, each probed first). ``progress(i, n)`` is called after each step. The
+    loaded pipeline is kept, so later calls skip loading (and on CuPy replay captured CUDA graphs).
     """
     backend = mode.default_backend() if backend is None else backend
     mode.check_backend(backend)  # before the (slow) weights load

@@ -2,14 +2,22 @@
 
 Same config names, defaults and formulas as ``diffusers.DDPMScheduler`` / ``diffusers.DDIMScheduler``, so a
 config saved by one loads in the other (``DDIMScheduler.from_config(ddpm.config)``) and tests can use diffusers
-as the oracle. The tables (betas, alphas_cumprod, timesteps) are numpy; ``step`` and ``add_noise`` only use
-arithmetic operators and ``.clip`` on the arrays they get, so numpy, torch and cupy arrays all work and stay
-where they are (a torch CUDA tensor stays on its GPU).
+as the oracle. The tables (betas, alphas_cumprod) are numpy, and so are the timesteps unless
+``set_timesteps(n, device=...)`` asks for a torch tensor there; ``step`` and ``add_noise`` only use arithmetic
+operators and ``.clip`` on the arrays they get, so numpy, torch and cupy arrays all work and stay where they
+are (a torch CUDA tensor stays on its GPU).
+
+They are also drop-ins for diffusers' own in a diffusers pipeline (tests/test_schedulers.py runs
+StableDiffusionPipeline with each): ``order``, ``init_noise_sigma``, ``scale_model_input``, step outputs that
+index like diffusers' (``out[0]``, ``out["prev_sample"]``), a read-only ``config``, and
+``save_pretrained``/``from_pretrained`` folders that diffusers reads and writes (scheduler_config.json).
 """
 
 import inspect
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -20,22 +28,141 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
 
+CONFIG_NAME = "scheduler_config.json"  # diffusers' file name, so each reads the other's folders
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The scalars of one DDIM or DDPM step for an epsilon-predicting model, as diffusers computes them:
+
+        x0   = (sample - sqrt_beta * eps) * inv_sqrt_alpha         (then clipped, if the config says so)
+        prev = c_x0 * x0 + c_eps * eps + c_sample * sample + c_noise * noise
+
+    ``step`` below applies them to any array; minisd's kernels apply them in one fused pass
+    (minisd.ops.Ops.scheduler_step). ``kind`` and the inputs are kept so a lesson's own ddim_step can run.
+    """
+
+    kind: str  # "ddim" | "ddpm"
+    alpha_prod_t: float
+    alpha_prod_t_prev: float
+    eta: float
+    sqrt_beta: float
+    inv_sqrt_alpha: float
+    c_x0: float
+    c_eps: float
+    c_sample: float
+    c_noise: float
+
+    def apply(self, sample, eps, noise=None, clip=None):
+        """The step on numpy, torch or CuPy arrays (arithmetic and ``.clip`` only): the reference."""
+        x0 = (sample - self.sqrt_beta * eps) * self.inv_sqrt_alpha
+        if clip is not None:
+            x0 = x0.clip(-clip, clip)
+        prev = self.c_x0 * x0 + self.c_eps * eps + self.c_sample * sample
+        return prev if noise is None else prev + self.c_noise * noise
+
+
+def _alphas(alpha_prod_t, alpha_prod_t_prev):
+    a, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
+    if not (0 < a <= 1 and 0 < ap <= 1):
+        raise ValueError(f"alpha_prod_t and alpha_prod_t_prev must be in (0, 1], got {a} and {ap}")
+    return a, ap
+
+
+def ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, eta=0.0, where=""):
+    """DDIM (Song et al. 2021) eq. 12, with sigma_t(eta) of eq. 16:
+    prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise.
+
+    The step keeps sqrt(1 - a_prev - sigma^2) of the predicted noise, so sigma^2 may not exceed 1 - a_prev.
+    Every eta in [0, 1] keeps within it (eta = 1 is DDPM's posterior variance); a larger eta may not, and then
+    there is no real step: diffusers returns NaN, this refuses with a ValueError (``where`` names the step).
+    """
+    a, ap = _alphas(alpha_prod_t, alpha_prod_t_prev)
+    if not 0 <= eta < math.inf:
+        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+    beta, beta_prev = 1.0 - a, 1.0 - ap
+    variance = (beta_prev / beta) * (1.0 - a / ap) if beta > 0 else 0.0
+    std = eta * math.sqrt(variance)
+    if eta > 1 and std**2 > beta_prev:
+        raise ValueError(
+            f"eta={eta} is too large{where}: sigma_t² = {std**2:.4g} exceeds 1 − ᾱ_prev = {beta_prev:.4g}, so the "
+            "step would take the square root of a negative number (diffusers returns NaN there); use eta <= "
+            f"{math.sqrt(beta_prev / variance):.4g} for this step, or eta <= 1"
+        )
+    # max(., 0): at eta = 1 on a zero-SNR schedule this is 0, which rounding can make -1.1e-16 (complex)
+    return StepCoefficients(
+        "ddim", a, ap, float(eta), math.sqrt(beta), 1.0 / math.sqrt(a),
+        c_x0=math.sqrt(ap), c_eps=math.sqrt(max(beta_prev - std**2, 0.0)), c_sample=0.0, c_noise=std,
+    )  # fmt: skip
+
+
+def ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev, variance_type="fixed_small"):
+    """DDPM (Ho et al. 2020): the posterior mean of x_{t-1} given x_0 and x_t, plus std * noise."""
+    a, ap = _alphas(alpha_prod_t, alpha_prod_t_prev)
+    beta, beta_prev = 1.0 - a, 1.0 - ap
+    alpha_t = a / ap
+    current_beta = 1.0 - alpha_t
+    if variance_type == "fixed_large":
+        std = math.sqrt(current_beta)
+    else:  # fixed_small and fixed_small_log: the same number, reached two ways
+        std = math.sqrt(max(beta_prev / beta * current_beta, 1e-20))
+    return StepCoefficients(
+        "ddpm", a, ap, 1.0, math.sqrt(beta), 1.0 / math.sqrt(a),
+        c_x0=math.sqrt(ap) * current_beta / beta, c_eps=0.0, c_sample=math.sqrt(alpha_t) * beta_prev / beta,
+        c_noise=std,
+    )  # fmt: skip
+
+
 @dataclass
 class SchedulerOutput:
-    """What ``step`` returns: x_{t-1} to feed the model next, and the model's current guess of x_0."""
+    """What ``step`` returns: x_{t-1} to feed the model next, and the model's current guess of x_0.
+
+    Indexes like diffusers' outputs, which pipelines rely on: ``out[0]`` is ``out.prev_sample``, and so is
+    ``out["prev_sample"]``; fields left None are skipped, as diffusers' ``BaseOutput`` skips them.
+    """
 
     prev_sample: object
     pred_original_sample: object = None
 
+    def keys(self):
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self):
+        return tuple(getattr(self, key) for key in self.keys())
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
 
 class FrozenConfig(dict):
-    """The config as a dict that also reads as attributes (``scheduler.config.num_train_timesteps``)."""
+    """The config as a read-only dict that also reads as attributes (``scheduler.config.num_train_timesteps``).
+
+    Read-only because the tables were built from it: changing ``beta_end`` afterwards would change nothing
+    but the record. diffusers' FrozenDict refuses pop, update, setdefault and del, but lets ``config[k] = v``
+    through; this one refuses every change.
+    """
 
     def __getattr__(self, name):
         try:
             return self[name]
         except KeyError:
             raise AttributeError(f"scheduler config has no {name!r}") from None
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "a scheduler's config is read-only; make a new scheduler instead: "
+            "DDIMScheduler.from_config(scheduler.config, name=value)"
+        )
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild it whole instead of item by item
+        return FrozenConfig, (dict(self),)
 
 
 def torch_linspace_float32(start, end, steps):
@@ -136,16 +263,24 @@ def randn_like(x, generator=None):
 class _BetaScheduler:
     """What DDPM and DDIM share: config handling, the beta tables, timesteps and the forward process."""
 
+    order = 1  # model evaluations per step (diffusers pipelines count progress with it; Heun's is 2)
+    init_noise_sigma = 1.0  # std of the starting noise: x_T ~ N(0, 1) here (sigma-based schedulers use more)
+
     def __init__(self, **config):
-        self.config = FrozenConfig(config)
+        # diffusers' attribute name: its pipelines replace it to update old configs (StableDiffusionPipeline
+        # sets steps_offset=1 and clip_sample=False this way), so this scheduler follows them as diffusers' does.
+        self._internal_dict = FrozenConfig(config)
         self._check_config()
         self.betas = self._make_betas()
         self.alphas = (1.0 - self.betas).astype(np.float32)
         # torch's float32 cumprod accumulates in float64 on the CPU; doing the same keeps diffusers' values exactly.
         self.alphas_cumprod = np.cumprod(self.alphas.astype(np.float64)).astype(np.float32)
-        self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = np.arange(config["num_train_timesteps"])[::-1].copy().astype(np.int64)
+
+    @property
+    def config(self):
+        return self._internal_dict
 
     @classmethod
     def from_config(cls, config, **overrides):
@@ -162,6 +297,37 @@ class _BetaScheduler:
         kwargs = {key: value for key, value in dict(config).items() if key in known}
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **overrides):
+        """Build from a folder's scheduler_config.json, written by ``save_pretrained`` or by diffusers
+        (``subfolder="scheduler"`` for a pipeline's folder). Local folders only: minisd downloads nothing."""
+        folder = Path(pretrained_model_name_or_path) / (subfolder or "")
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {folder}: pass a local folder written by save_pretrained "
+                "(minisd's or diffusers'); minisd does not download from the Hugging Face Hub"
+            )
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+        return cls.from_config(config, **overrides)
+
+    def save_pretrained(self, save_directory):
+        """Write save_directory/scheduler_config.json as diffusers does (``_class_name`` first), so that
+        ``diffusers.DDIMScheduler.from_pretrained(save_directory)`` reads it. Returns the file's path."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            key: value.tolist() if hasattr(value, "tolist") else value for key, value in self.config.items()
+        }
+        path = folder / CONFIG_NAME
+        path.write_text(json.dumps({"_class_name": type(self).__name__, **config}, indent=2) + "\n")
+        return path
+
+    save_config = save_pretrained  # diffusers has both names; a scheduler's saved state is its config
 
     def _check_config(self):
         c = self.config
@@ -199,8 +365,17 @@ class _BetaScheduler:
     def __len__(self):
         return self.config["num_train_timesteps"]
 
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
+    def scale_model_input(self, sample, timestep=None):
+        """The model sees x_t as it is here; diffusers pipelines call this for schedulers (Euler, ...) that
+        rescale it."""
+        return sample
+
     def set_timesteps(self, num_inference_steps, device=None):
-        """Choose the ``num_inference_steps`` timesteps to sample with, high to low (``self.timesteps``)."""
+        """Choose the ``num_inference_steps`` timesteps to sample with, high to low (``self.timesteps``):
+        int64 numpy, or with ``device`` (e.g. "cuda") a torch tensor there, as diffusers makes them."""
         n_train = self.config["num_train_timesteps"]
         if not 1 <= num_inference_steps <= n_train:
             raise ValueError(
@@ -217,6 +392,10 @@ class _BetaScheduler:
             step_ratio = n_train / num_inference_steps
             timesteps = np.round(np.arange(n_train, 0, -step_ratio)) - 1
         self.timesteps = timesteps.copy().astype(np.int64)
+        if device is not None:
+            import torch
+
+            self.timesteps = torch.from_numpy(self.timesteps).to(device)
 
     def add_noise(self, original_samples, noise, timesteps):
         """Forward process q(x_t | x_0): sqrt(alpha_bar_t)·x_0 + sqrt(1 − alpha_bar_t)·noise, one t per sample."""
@@ -290,13 +469,11 @@ class DDPMScheduler(_BetaScheduler):
         timestep = int(timestep)
         if self.num_inference_steps is None:
             return timestep - 1
-        where = np.flatnonzero(self.timesteps == timestep)
-        if where.size == 0:
-            raise ValueError(
-                f"timestep {timestep} is not one of this scheduler's timesteps {self.timesteps.tolist()}"
-            )
-        index = int(where[0])
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+        timesteps = self.timesteps.tolist()  # numpy or torch (set_timesteps with a device)
+        if timestep not in timesteps:
+            raise ValueError(f"timestep {timestep} is not one of this scheduler's timesteps {timesteps}")
+        index = timesteps.index(timestep)
+        return -1 if index == len(timesteps) - 1 else timesteps[index + 1]
 
     def alpha_prods(self, timestep):
         """(alpha_bar_t, alpha_bar_prev) as Python floats for ``timestep`` and the step after it."""
@@ -305,12 +482,9 @@ class DDPMScheduler(_BetaScheduler):
         alpha_prod_t_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
         return alpha_prod_t, alpha_prod_t_prev
 
-    def _std(self, alpha_prod_t, alpha_prod_t_prev):
-        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20)
-        if self.variance_type == "fixed_large":
-            return current_beta_t**0.5
-        return variance**0.5  # fixed_small and fixed_small_log: the same number, reached two ways
+    def step_coefficients(self, timestep):
+        """The StepCoefficients of the step from ``timestep``."""
+        return ddpm_coefficients(*self.alpha_prods(timestep), self.variance_type)
 
     def step(self, model_output, timestep, sample, generator=None, noise=None, return_dict=True):
         """x_t → x_{t-1}: the posterior mean q(x_{t-1} | x_t, x_0) from the predicted x_0, plus noise.
@@ -318,19 +492,13 @@ class DDPMScheduler(_BetaScheduler):
         ``noise`` (shaped like ``sample``) fixes the noise; else it is drawn with ``generator``.
         """
         self._check_step_inputs(model_output, sample)
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-
-        x0 = self._predict_original_sample(model_output, sample, alpha_prod_t)
-        x0_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t
-        sample_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
-        prev_sample = x0_coeff * x0 + sample_coeff * sample
+        c = self.step_coefficients(timestep)
+        x0 = self._predict_original_sample(model_output, sample, c.alpha_prod_t)
+        prev_sample = c.c_x0 * x0 + c.c_sample * sample
         if int(timestep) > 0:
             if noise is None:
                 noise = randn_like(model_output, generator)
-            prev_sample = prev_sample + self._std(alpha_prod_t, alpha_prod_t_prev) * noise
+            prev_sample = prev_sample + c.c_noise * noise
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -366,7 +534,7 @@ class DDIMScheduler(_BetaScheduler):
         return int(timestep) - self.config["num_train_timesteps"] // self.num_inference_steps
 
     def alpha_prods(self, timestep):
-        """(alpha_bar_t, alpha_bar_prev) as Python floats: what ``ops.ddim_step`` takes."""
+        """(alpha_bar_t, alpha_bar_prev) as Python floats for ``timestep`` and the step after it."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         t, prev_t = int(timestep), self.previous_timestep(timestep)
@@ -374,11 +542,14 @@ class DDIMScheduler(_BetaScheduler):
         alpha_prod_t_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else self.final_alpha_cumprod
         return alpha_prod_t, alpha_prod_t_prev
 
+    def step_coefficients(self, timestep, eta=0.0):
+        """The StepCoefficients of the step from ``timestep`` (what minisd's sampling loop applies)."""
+        return ddim_coefficients(*self.alpha_prods(timestep), eta, where=f" at timestep {int(timestep)}")
+
     def std_dev(self, timestep, eta):
-        """sigma_t = eta · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)), the noise each step adds."""
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-        return eta * variance**0.5
+        """sigma_t = eta · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)), the noise each step adds
+        (ValueError where eta > 1 makes it too large: see ddim_coefficients)."""
+        return self.step_coefficients(timestep, eta).c_noise
 
     def step(
         self,
@@ -403,8 +574,8 @@ class DDIMScheduler(_BetaScheduler):
         noise = noise if noise is not None else variance_noise
         if noise is not None and generator is not None:
             raise ValueError("pass a generator or fixed noise, not both")
-        alpha_prod_t, alpha_prod_t_prev = self.alpha_prods(timestep)
-        beta_prod_t = 1 - alpha_prod_t
+        c = self.step_coefficients(timestep, eta)
+        alpha_prod_t, beta_prod_t = c.alpha_prod_t, 1 - c.alpha_prod_t
 
         x0 = self._predict_original_sample(model_output, sample, alpha_prod_t)
         kind = self.config["prediction_type"]
@@ -417,12 +588,11 @@ class DDIMScheduler(_BetaScheduler):
         else:  # v_prediction
             eps = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
 
-        std_dev_t = self.std_dev(timestep, eta)
-        prev_sample = alpha_prod_t_prev**0.5 * x0 + (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * eps
+        prev_sample = c.c_x0 * x0 + c.c_eps * eps
         if eta > 0:
             if noise is None:
                 noise = randn_like(model_output, generator)
-            prev_sample = prev_sample + std_dev_t * noise
+            prev_sample = prev_sample + c.c_noise * noise
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

@@ -1,22 +1,30 @@
 """Save and load minisd's trained weights: one safetensors file plus its sha256, checked before use.
 
 The file holds the "text_encoder.*" and "unet.*" tensors (float16 or float32) and, as metadata, the
-format tag, the model + scheduler config (JSON) and the vocabulary (JSON). ``load`` refuses anything it
-cannot trust with a WeightsError that says what is wrong and what to do, instead of a shape error deep
-inside the first kernel:
+format tag, the model + scheduler config (JSON: see minisd/architecture.py; its "unet" and "scheduler"
+sections are diffusers configs) and the vocabulary (JSON). ``load`` refuses anything it cannot trust with a
+WeightsError that says what is wrong and what to do, instead of a shape error deep inside the first kernel.
+It checks the tensors against the architecture the config describes, without importing torch:
 
     state, config = load()          # numpy float32 arrays by key, and the config dict (+ "vocab")
 """
 
 import hashlib
 import json
+import math
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = "minisd-1"
+from minisd import architecture, files
+
+FORMAT = "minisd-2"  # minisd-1 stored the config in minisd's own terms: read with architecture.upgrade_v1
 DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "minisd.safetensors"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
+SHA256_LINE = re.compile(r"\\?([0-9a-fA-F]{64})\s")  # `sha256sum` writes "<digest>  <name>" (hex of any case)
 
 
 class WeightsError(Exception):
@@ -39,9 +47,11 @@ def checksum_path(path):
 def save(state_dict, config, path=None, dtype="float16"):
     """Write ``state_dict`` (torch tensors or numpy arrays) as safetensors, then its ``.sha256`` file.
 
-    float16 halves the file (8.5 MB instead of 17 MB); the model loses nothing visible to it.
+    float16 halves the file (8.5 MB instead of 17 MB); the model loses nothing visible to it. Both files
+    are written whole or not at all (minisd.files); the checksum is renamed into place right after the
+    weights, so the two agree except in the instant between two renames.
     """
-    from safetensors.numpy import save_file  # numpy flavour: loading must not need torch
+    from safetensors.numpy import save as to_bytes  # numpy flavour: loading must not need torch
 
     from minisd.text import VOCAB
 
@@ -55,35 +65,88 @@ def save(state_dict, config, path=None, dtype="float16"):
         arrays[key] = np.ascontiguousarray(value, dtype=_DTYPES[dtype])
     model_config = {k: v for k, v in config.items() if k != "vocab"}
     metadata = {"format": FORMAT, "config": json.dumps(model_config), "vocab": json.dumps(VOCAB)}
+    data = to_bytes(arrays, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(arrays, str(path), metadata=metadata)
-    path.chmod(0o644)  # safetensors creates it owner-only; weights ship with the package, readable by all
-    checksum_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")  # the format `sha256sum -c` reads
+    files.write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    files.write_text(checksum_path(path), f"{digest}  {path.name}\n")  # the format `sha256sum -c` reads
     return path
 
 
 def expected_shapes(config):
-    """Every key the model built from ``config`` has, with its shape (built on torch's meta device: no memory)."""
-    import torch
-
-    from minisd.model import MiniSD
-
+    """Every key of the model ``config`` describes, with its shape (minisd.architecture: no torch)."""
     try:
-        with torch.device("meta"):
-            model = MiniSD(config)
-    except (KeyError, TypeError, ValueError) as err:
+        return architecture.read(config).parameter_shapes()
+    except architecture.ConfigError as err:
         raise WeightsError(
             f"the config stored in the weights does not describe a minisd model: {err}"
         ) from err
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
+
+
+# ------------------------------------------------- reading the file: each check says what is wrong and what to do
+
+
+def resolve(path):
+    """None -> the shipped weights; an empty path is a mistake (a script's unset variable), not the default."""
+    if path is None:
+        return DEFAULT_PATH
+    if str(path) == "":
+        raise WeightsError(
+            "the weights path is empty: pass a minisd .safetensors file, or leave it out for the shipped one"
+        )
+    return Path(path)
+
+
+def _kind(mode):
+    for test, name in [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_file(path, what="a minisd .safetensors file"):
+    """``path`` is a regular, non-empty file, decided from its metadata alone: reading a FIFO blocks forever
+    and a device such as /dev/zero never ends, so neither may be opened."""
+    try:
+        info = os.stat(path)  # follows symlinks: what a read would open
+    except FileNotFoundError:
+        raise WeightsError(
+            f"no minisd weights at {path}. Train them with `python -m minisd train` "
+            "(it writes minisd.safetensors and its .sha256), or pass the path of a trained file."
+        ) from None
+    except OSError as err:
+        raise WeightsError(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        via = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise WeightsError(f"{path} is {_kind(info.st_mode)}{via}; pass the path of {what}")
+    if info.st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes); restore it or re-export the weights")
+
+
+def _read_digest(sums, path):
+    """The sha256 recorded in ``sums``, lower-case: the first word of the first line, as `sha256sum -c` reads."""
+    fix = f"it should hold the line `sha256sum {path.name}` prints: re-export the weights or rewrite it so"
+    if not sums.is_file():
+        raise WeightsError(f"{sums} is {_kind(os.stat(sums).st_mode)}, not a checksum file; {fix}")
+    with open(sums, "rb") as f:
+        head = f.read(4096)  # one line of ~100 bytes: no need to read a mistaken big file whole
+    match = SHA256_LINE.match(head.decode("ascii", errors="replace") + "\n")
+    if match is None:
+        raise WeightsError(f"{sums} does not start with a 64-digit hex sha256; {fix}")
+    return match.group(1).lower()
 
 
 def _check_checksum(path):
     sums = checksum_path(path)
     if not sums.exists():
         raise WeightsError(f"{sums} is missing, so {path.name} cannot be verified; re-export the weights.")
-    words = sums.read_text().split()
-    expected = words[0] if words else "nothing"
+    expected = _read_digest(sums, path)
     actual = sha256_of(path)
     if actual != expected:
         raise WeightsError(
@@ -98,20 +161,98 @@ def _read(path):
     try:
         with safe_open(str(path), framework="np") as f:
             metadata = f.metadata() or {}
+            for key in f.keys():  # before any tensor is read: numpy cannot even hold bfloat16
+                tag = f.get_slice(key).get_dtype()
+                if tag not in ("F16", "F32"):
+                    name = _dtype_name(tag)
+                    raise WeightsError(
+                        f"{path}: {key} is {name}; minisd weights are float16 or float32. Convert the state "
+                        "dict (e.g. torch: {k: v.half()}) and save it with minisd.weights.save."
+                    )
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{path} is not a readable safetensors file ({err})") from err
     return tensors, metadata
 
 
+def _dtype_name(tag):
+    """A safetensors dtype tag as numpy names it: I32 -> int32, BF16 -> bfloat16 (which numpy cannot hold)."""
+    prefix = tag.rstrip("0123456789")
+    return {"F": "float", "I": "int", "U": "uint", "BF": "bfloat"}.get(prefix, prefix.lower()) + tag[
+        len(prefix) :
+    ]
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_config(path, config):
+    """The parts of the stored config that nothing else checks before they are used: each section is there,
+    the UNet's channel list is a list of positive ints with one entry per down and up block, and the
+    scheduler builds and clips to a positive range."""
+    from minisd.schedulers import DDIMScheduler
+
+    def bad(what):
+        return WeightsError(
+            f"{path}: the config stored in the weights does not describe a minisd model: it {what}. "
+            "Re-export the weights with minisd.weights.save."
+        )
+
+    if not isinstance(config, dict):
+        raise bad(f"is a {type(config).__name__}, not a JSON object")
+    for section in ("text_encoder", "unet", "scheduler"):
+        if not isinstance(config.get(section), dict):
+            raise bad(f"has no {section!r} section")
+    unet = config["unet"]
+    channels = unet.get("block_out_channels")
+    if not isinstance(channels, list) or not channels or not all(map(_positive_int, channels)):
+        raise bad(f"has block_out_channels {channels!r}, not a list of positive ints")
+    for blocks in ("down_block_types", "up_block_types"):
+        if not isinstance(unet.get(blocks), list) or len(unet[blocks]) != len(channels):
+            raise bad(f"has {blocks} {unet.get(blocks)!r}: it needs one entry per block_out_channels entry")
+    scheduler = config["scheduler"]
+    if not _positive_int(scheduler.get("num_train_timesteps")):
+        raise bad(f"has num_train_timesteps {scheduler.get('num_train_timesteps')!r}, not a positive int")
+    limit = scheduler.get("clip_sample_range", 1.0)
+    if scheduler.get("clip_sample", True) and not (isinstance(limit, (int, float)) and 0 < limit < math.inf):
+        raise bad(f"has clip_sample_range {limit!r}: x0 clipping needs a range > 0")
+    try:
+        DDIMScheduler.from_config(scheduler)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise bad(f"has a scheduler minisd cannot build ({err})") from None
+
+
+def peek_config(path=None):
+    """The config of a weights file from its header alone (no tensor read, no checksum): cheap enough to
+    check options that depend on it, such as the number of steps, before the slow load."""
+    from safetensors import SafetensorError, safe_open
+
+    path = resolve(path)
+    check_file(path)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path} is not a readable safetensors file ({err})") from err
+    config, _ = _parse_metadata(path, metadata)
+    check_config(path, config)
+    return config
+
+
 def _parse_metadata(path, metadata):
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, "minisd-1"):
         raise WeightsError(f"{path} has format {metadata.get('format')!r}; minisd reads only {FORMAT!r}")
     try:
         config = json.loads(metadata["config"])
         vocab = json.loads(metadata["vocab"])
     except (KeyError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path} has no valid 'config'/'vocab' JSON in its metadata ({err})") from err
+    if metadata["format"] == "minisd-1":
+        try:
+            config = architecture.upgrade_v1(config)
+        except architecture.ConfigError as err:
+            raise WeightsError(f"{path}: {err}") from err
     from minisd.text import VOCAB
 
     if vocab != VOCAB:
@@ -143,17 +284,12 @@ def _check_tensors(path, tensors, config):
 
 def load(path=None):
     """Check and read the weights -> (dict of float32 numpy arrays, config dict with a "vocab" list)."""
-    path = Path(path or DEFAULT_PATH)
-    if path.is_dir():
-        raise WeightsError(f"{path} is a folder; pass the path of a minisd .safetensors file")
-    if not path.exists():
-        raise WeightsError(
-            f"no minisd weights at {path}. Train them with `python -m minisd train` "
-            "(it writes minisd.safetensors and its .sha256), or pass the path of a trained file."
-        )
+    path = resolve(path)
+    check_file(path)
     _check_checksum(path)
     tensors, metadata = _read(path)
     config, vocab = _parse_metadata(path, metadata)
+    check_config(path, config)
     _check_tensors(path, tensors, config)
     state = {key: value.astype(np.float32) for key, value in tensors.items()}
     return state, {**config, "vocab": vocab}

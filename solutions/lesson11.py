@@ -5,8 +5,9 @@ place of its own ops, op by op: each takes and returns numpy float32 arrays with
 ``minisd.ops`` function of the same name (docs/MINISD_SPEC.md). They are glue around the kernels of earlier
 lessons — conv2d from lesson 06, the norms and softmax from lesson 07, attention from lesson 08, the sampling
 kernels from lesson 10, the GEMM from lesson 04 — plus this lesson's exercises: linear, the activations, and
-two UNet blocks composed from ops. An op that raises NotImplementedError makes minisd fall back to its own
-(with a printed note), so the pipeline always runs.
+two UNet blocks composed from ops. minisd probes each function on a tiny input first: one that raises
+NotImplementedError (a stub) is replaced by minisd's own op, with a note; one that gives a wrong answer is
+reported and the run stops; one you delete from this file is minisd's.
 """
 
 import math
@@ -40,12 +41,10 @@ def _host(x, what):
 
 
 def _check_written(out, who):
-    """A kernel that is still a stub leaves the NaN poison: say so, and let minisd use its own op."""
+    """A kernel that is still a stub leaves the NaN poison: say so (minisd then reports the op as wrong)."""
     missing = int(np.isnan(out).sum())
     if missing:
-        raise NotImplementedError(
-            f"{who} left {missing} of {out.size} outputs unwritten: finish that exercise first"
-        )
+        raise ValueError(f"{who} left {missing} of {out.size} outputs unwritten: finish that exercise first")
     return out
 
 

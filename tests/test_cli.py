@@ -13,10 +13,13 @@ from PIL import Image
 
 import minisd.mode as mode
 from minisd import weights
-from minisd.model import MiniSD, default_config
+from minisd.architecture import default_config
+from minisd.data import COLORS, SHAPES
+from minisd.model import MiniSD
 from minisd.text import VOCAB
 
 REPO = Path(__file__).resolve().parents[1]
+P1, P2 = "a red star on a green background", "a blue heart on a white background"
 
 
 def minisd_cli(*args, env=None):
@@ -42,11 +45,13 @@ def weights_file(tmp_path_factory):
 
 def test_sample_writes_a_captioned_grid(weights_file, tmp_path):
     out = tmp_path / "grid.png"
-    prompts = ["a red star on a green background", "a blue heart on a white background"]
+    prompts = ["An orange star on a green background.", "a blue heart on a white background"]  # variants ok
     args = ["sample", "--weights", weights_file, "--steps", 1, "--num-images", 3, "--out", out, "--scale", 2]
     result = minisd_cli(*args, "--prompt", prompts[0], "--prompt", prompts[1], "--backend", "numpy")
     assert result.returncode == 0, result.stderr
     assert "ms/step" in result.stdout and f"wrote {out}" in result.stdout
+    assert result.stdout.startswith("sampling 6 images, 1 step, numpy on the CPU")
+    assert "simulator" not in result.stdout and "sizes are small" not in result.stdout  # it runs on numpy
     assert "denoising" in result.stderr  # the tqdm bar
     image = np.asarray(Image.open(out))
     assert image.ndim == 3 and image.shape[2] == 3
@@ -70,10 +75,18 @@ def test_bad_backend_is_a_clear_error():
         assert "backend 'cupy' needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_numba_without_gpu_is_a_clear_error():
-    result = minisd_cli("sample", "--backend", "numba", env={"NUMBA_ENABLE_CUDASIM": "1"})
-    assert result.returncode == 2
-    assert "backend 'numba' needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("allow_simulator", ["0", "1"])
+def test_numba_without_gpu_is_a_clear_error(allow_simulator):
+    """Even with MINISD_ALLOW_SIMULATOR=1: the simulator cannot finish the full model, so it is not offered."""
+    env = {"NUMBA_ENABLE_CUDASIM": "1", "MINISD_ALLOW_SIMULATOR": allow_simulator}
+    for command in ("sample", "eval"):
+        result = minisd_cli(command, "--backend", "numba", env=env)
+        assert result.returncode == 2
+        assert (
+            "backend 'numba' needs a CUDA GPU to run minisd" in result.stderr
+            and "Traceback" not in result.stderr
+        )
+        assert "use backend 'numpy'" in result.stderr and "MINISD_ALLOW_SIMULATOR" not in result.stderr
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
@@ -90,18 +103,78 @@ def test_bad_numbers_are_usage_errors():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--guidance", -1], "--guidance must be a finite number >= 0, got -1.0"),
-        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+        (["--guidance", -1], "--guidance must be a number from 0 to 100, got -1"),
+        (["--guidance", "nan"], "--guidance must be a number from 0 to 100"),
+        (["--guidance", "1e39"], "--guidance must be a number from 0 to 100, got 1e+39"),
         (["--out", "no_such_folder/grid.png"], "the folder no_such_folder does not exist"),
         (["--out", "grid.jpg"], "--out must name a .png file"),
-        (["--steps", 1001], "--steps must be at most 1000"),
+        (["--steps", 1001], "--steps must be at most 1000, the timesteps this model was trained on"),
+        (["--steps", 5000], "--steps must be at most 1000"),
+        (["--scale", 100000], "--scale must be at most 32, got 100000"),
+        (["--scale", 0], "--scale must be at least 1"),
+        (["--num-images", 0], "--num-images must be at least 1"),
+        (
+            ["--num-images", 1000000000000],
+            "--num-images must be at most 1024 with 1 prompt (1024 images a run",
+        ),
+        (
+            ["--num-images", 600, "--prompt", P1, "--prompt", P2],
+            "--num-images must be at most 512 with 2 prompts",
+        ),
+        (
+            ["--num-images", 200, "--scale", 32],
+            "the grid would be 217664 x 1168 pixels, more than the 89 million",
+        ),
+        (["--prompt", "red circle"], "prompt 'red circle' does not follow minisd's sentence"),
+        (["--prompt", "star heart"], "prompt 'star heart' does not follow minisd's sentence"),
+        (["--prompt", ""], "prompt '' is empty: write 'a COLOR SHAPE on a COLOR background'"),
+        (["--prompt", "a red circle on a red background"], "choose two different colours"),
+        (["--weights", ""], "--weights is empty: give a .safetensors file, or leave --weights out"),
     ],
 )
-def test_bad_options_are_one_line_errors(weights_file, args, message):
-    result = minisd_cli("sample", "--weights", weights_file, "--backend", "numpy", *args)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_options_are_one_line_errors_before_any_work(weights_file, monkeypatch, capsys, args, message):
+    """In this process, with the weights load replaced by a failure: every check comes before it."""
+    import minisd
+    from minisd.__main__ import main
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the model was loaded before every option was checked")
+
+    monkeypatch.setattr(minisd.MiniSDPipeline, "from_pretrained", too_late)
+    argv = ["sample", "--weights", weights_file, "--backend", "numpy", *args]
+    if "--weights" in args:
+        argv = ["sample", "--backend", "numpy", *args]
+    with pytest.raises(SystemExit) as exit_:
+        main(list(map(str, argv)))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (REPO / "no_such_folder").exists(), "a mistyped --out folder must not be created"
+
+
+def test_unwritable_out_is_reported_before_sampling(weights_file, tmp_path):
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+    elif sys.platform.startswith("linux"):
+        folder = Path("/proc")  # root writes through permission bits, but nobody creates files in /proc
+    else:
+        pytest.skip("needs a folder this user cannot write to")
+    result = minisd_cli(
+        "sample", "--weights", weights_file, "--backend", "numpy", "--out", folder / "grid.png"
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"--out {folder / 'grid.png'}: cannot create files in {folder}" in result.stderr
+    assert "denoising" not in result.stderr, "refused before sampling"
+
+
+def test_sample_help_shows_the_prompt_grammar():
+    result = minisd_cli("sample", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "'a COLOR SHAPE on a COLOR background' with two different colours" in text
+    assert all(word in text for word in [*COLORS, *SHAPES]) and "trailing full stop" in text
 
 
 def _broken(weights_file, tmp_path, how):
@@ -143,7 +216,8 @@ def test_broken_weights_are_one_line_errors(weights_file, tmp_path, how, message
 
 
 def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch, capsys):
-    """--kernels exercises where every op still raises NotImplementedError: no picture passed off as theirs."""
+    """--kernels exercises where every op still raises NotImplementedError: said after the probe (seconds),
+    before any sampling; no picture passed off as theirs."""
     import types
 
     from minisd.__main__ import main
@@ -157,18 +231,36 @@ def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch
     out = tmp_path / "x.png"
     argv = ["sample", "--kernels", "exercises", "--weights", weights_file, "--backend", "numpy"]
     with pytest.raises(SystemExit) as exit_:
-        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--out", str(out)])
+        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--size", "8", "--out", str(out)])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "exercises/lesson11.py implements none of minisd's ops yet" in err
     assert not out.exists()
 
 
+@pytest.mark.skipif(mode.ON_GPU, reason="checks the no-GPU message")
+def test_lesson_kernels_without_a_gpu_say_the_cost_first():
+    """Without a GPU a full-size run on a lesson's Numba kernels takes hours: say so before any work, and
+    offer the small size that finishes here."""
+    result = minisd_cli("sample", "--kernels", "solutions")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a full 32x32 sample takes hours and needs a GPU" in result.stderr
+    assert "python -m minisd sample --kernels solutions --size 4 --steps 1" in result.stderr
+    result = minisd_cli("sample", "--kernels", "solutions", "--size", "6", "--backend", "numpy")
+    assert result.returncode == 2 and "--size: height must be a multiple of 4" in result.stderr
+
+
 def test_eval_and_bench_options_are_checked():
     result = minisd_cli("eval", "--num-images", 0)
     assert result.returncode == 2 and "--num-images must be at least 1" in result.stderr
     result = minisd_cli("eval", "--guidance", -1)
-    assert result.returncode == 1 and "guidance_scale must be a finite number >= 0" in result.stderr
+    assert result.returncode == 2 and "--guidance must be a number from 0 to 100, got -1" in result.stderr
+    result = minisd_cli("eval", "--num-images", 1000000000000)
+    assert result.returncode == 2 and "--num-images must be at most 10000" in result.stderr
+    result = minisd_cli("eval", "--steps", 5000)
+    assert result.returncode == 2 and "--steps must be at most 1000" in result.stderr
+    result = minisd_cli("eval", "--help")
+    assert result.returncode == 0 and "`" not in result.stdout and "%%" not in result.stdout
     result = minisd_cli("bench", "--steps", 3, "--numpy-steps", 5)
     assert result.returncode == 2 and "--numpy-steps must be between 1 and --steps (3)" in result.stderr
     for command in ("eval", "bench"):
@@ -179,7 +271,7 @@ def test_eval_and_bench_options_are_checked():
 @pytest.mark.skipif(mode.ON_GPU, reason="checks the no-GPU message")
 def test_gpu_only_options_fail_clearly_without_a_gpu():
     result = minisd_cli("eval", "--backend", "cupy")
-    assert result.returncode == 1 and "backend 'cupy' needs a CUDA GPU" in result.stderr
+    assert result.returncode == 2 and "backend 'cupy' needs a CUDA GPU" in result.stderr
     result = minisd_cli("bench", "--only", "minisd-cupy-graphs")
     assert result.returncode == 1 and "cannot run minisd-cupy-graphs here (no GPU found)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -194,7 +286,7 @@ def test_info():
 def test_help_lists_the_commands():
     result = minisd_cli("--help")
     assert result.returncode == 0
-    assert "{sample,info,train,eval,bench}" in result.stdout
+    assert "{sample,info,train,eval,bench,export}" in result.stdout
 
 
 def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
@@ -205,4 +297,4 @@ def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
     report = json.loads(out.read_text())
     numpy_run = report["results"]["minisd-numpy"]["1"]
     assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 2
-    assert "| minisd, numpy on the CPU |" in result.stdout and "extrapolated to 4" in result.stdout
+    assert "| minisd, numpy on the CPU (fp32) |" in result.stdout and "extrapolated to 4" in result.stdout

@@ -39,6 +39,67 @@ def test_main_exits_non_zero_below_the_pass_mark(monkeypatch, capsys):
     assert "BELOW 90%" in capsys.readouterr().out
 
 
+def fake_generate(calls):
+    """A "model" that draws nothing, reports its steps like minisd.generate, and records each call."""
+
+    def generate(prompts, seed, progress=None, **options):
+        calls.append((len(prompts), options))
+        steps = options["num_inference_steps"]
+        for i in range(steps):
+            progress(i, steps)
+        return np.full((len(prompts), 32, 32, 3), 128, np.uint8)
+
+    return generate
+
+
+def test_cpu_default_progress_bar_and_the_backend_used(monkeypatch, capsys):
+    import minisd
+
+    calls = []
+    monkeypatch.setattr(minisd, "generate", fake_generate(calls), raising=False)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--backend", "numpy", "--batch-size", "10", "--steps", "3"])
+    out, err = capsys.readouterr()
+    assert [n for n, _ in calls] == [10, evaluate.CPU_IMAGES - 10], "a CPU-sized default, in batches"
+    assert calls[0][1]["backend"] == "numpy"
+    assert out.startswith(f"scoring {evaluate.CPU_IMAGES} images, 3 steps, guidance 1.5, numpy on the CPU")
+    assert "sampling" in err and f"{evaluate.CPU_IMAGES}/{evaluate.CPU_IMAGES}" in err.replace(".0/", "/")
+
+
+def test_one_image_is_singular(monkeypatch, capsys):
+    import minisd
+
+    monkeypatch.setattr(minisd, "generate", fake_generate([]), raising=False)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--backend", "numpy", "--num-images", "1", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("scoring 1 image, 1 step,") and "1 image in" in out and "1 images" not in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-images", "1000000000000"], "--num-images must be at most 10000"),
+        (["--num-images", "0"], "--num-images must be at least 1"),
+        (["--steps", "5000"], "--steps must be at most 1000, the timesteps this model was trained on"),
+        (["--guidance", "1e39"], "--guidance must be a number from 0 to 100"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--seed", "-1"], "--seed must be at least 0"),
+        (["--weights", ""], "--weights is empty"),
+    ],
+)
+def test_bad_options_are_refused_before_sampling(monkeypatch, capsys, args, message):
+    import minisd
+
+    calls = []
+    monkeypatch.setattr(minisd, "generate", fake_generate(calls), raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--backend", "numpy", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and message in err, err
+    assert calls == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not mode.ON_GPU, reason="needs a CUDA GPU")
 def test_trained_weights_follow_prompts_on_the_gpu():
@@ -54,3 +115,23 @@ def test_shipped_weights_follow_prompts_with_numpy():
     prompts = evaluate.random_prompts(8, np.random.default_rng(42))
     images = minisd.generate(prompts, num_inference_steps=25, guidance_scale=1.5, seed=0, backend="numpy")
     assert evaluate.score(images, prompts) == {"color": 1.0, "background": 1.0, "shape": 1.0}
+
+
+def test_several_guidance_scales_in_one_run(monkeypatch, capsys):
+    """How the default guidance is chosen: every scale on the same prompts and seeds, by the shipped loop."""
+    import minisd
+
+    asked = []
+    images, prompts = data.make_batch(6, np.random.default_rng(0))
+    pixels = data.to_uint8(images)
+
+    def dataset_pictures(batch, seed, guidance_scale, **options):  # seed = the batch's first index here
+        asked.append((guidance_scale, seed, len(batch)))
+        drawn = pixels[seed : seed + len(batch)]
+        return drawn if guidance_scale == 1.5 else np.full_like(drawn, 128)  # only 1.5 draws anything
+
+    monkeypatch.setattr(minisd, "generate", dataset_pictures, raising=False)
+    monkeypatch.setattr(evaluate, "random_prompts", lambda n, rng: prompts)
+    assert evaluate.main(["--num-images", "6", "--batch-size", "4", "--guidance", "1", "1.5", "3"]) == 0
+    assert asked == [(g, s, n) for g in (1.0, 1.5, 3.0) for s, n in ((0, 4), (4, 2))]
+    assert "guidance scales that pass on every attribute: 1.5" in capsys.readouterr().out

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from minisd import text
-from minisd.model import CONFIG, MiniSD, count_parameters, default_config, timestep_embedding
+from minisd import architecture, text
+from minisd.model import MiniSD, count_parameters, timestep_embedding
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,6 @@ def test_timestep_embedding_matches_the_formula():
 
 
 def test_default_config_is_a_copy():
-    cfg = default_config()
+    cfg = architecture.default_config()
     cfg["unet"]["block_out_channels"][0] = 999
-    assert CONFIG["unet"]["block_out_channels"][0] == 32
+    assert architecture.default_config()["unet"]["block_out_channels"][0] == 32

@@ -32,3 +32,16 @@ def test_notebook_runs(path):
         for out in cell.get("outputs", [])
     )
     assert "mode: " in printed, f"{path.name} never says which mode it runs in (call minisd.mode.banner())"
+    assert "not in the recording" not in printed, (
+        f"{path.name}: a timing row is missing from the notebook's GPU recording (renamed since it ran?): "
+        "keep the row's name, or record the notebook again on a GPU (benchmarks/gpu_check.sh notebooks)"
+    )
+
+
+@pytest.mark.parametrize("name", ["04_gemm", "06_convolution", "07_softmax_norm", "08_attention"])
+def test_lesson_notebooks_run_minisds_kernel_versions(name):
+    """Drift guard: these notebooks once redefined kernels minisd/ops/numba has as versions, so the two copies
+    could differ. They run minisd's (``kernel_file``) and print them (``show_source``) instead."""
+    nb = nbformat.read(Path(NOTEBOOKS[0]).parent / f"{name}.ipynb", as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert 'kernel_file("' in code and "show_source(" in code, f"{name} does not run minisd's kernel versions"

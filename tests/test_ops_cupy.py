@@ -1,7 +1,8 @@
 """The CuPy backend's CUDA kernels against torch in float64, on fresh random ragged shapes.
 
-Outputs are preallocated full of NaN and passed as ``out=``: an element a kernel forgets stays NaN and fails.
-GPU only (CuPy has no simulator): every test is skipped on a machine without a GPU and CuPy.
+The kernels (minisd.ops.cupy_ops) are called directly, with outputs preallocated full of NaN and passed as
+``out=``: an element a kernel forgets stays NaN and fails. Checks and errors that belong to the op layer go
+through ``Ops("cupy")``. GPU only (CuPy has no simulator): every test is skipped without a GPU and CuPy.
 """
 
 import math
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import minisd.mode as mode
+from minisd.ops.harness import assert_close
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,8 +23,9 @@ pytestmark = [
 if mode.has_cupy():
     import cupy as cp
 
+    from minisd.ops import Ops, rng
     from minisd.ops import cupy_ops as ops
-    from minisd.ops import rng
+    from minisd.schedulers import ddim_coefficients, ddpm_coefficients
 
 # error / max|ref|, see check(). 3xTF32 sits near float32 but not on it: the tensor cores add the products
 # of one MMA with truncation, so its error grows like K * 2^-24 where float32 FMAs grow like sqrt(K).
@@ -49,17 +52,8 @@ def poisoned(*shape):
 
 
 def check(out, ref, tol, what):
-    """Every element written (no NaN) and max|out - ref| <= tol * max|ref| (a normwise relative bound)."""
-    got = cp.asnumpy(out).astype(np.float64)
-    ref = ref.numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
-    nan = np.isnan(got)
-    assert not nan.any(), (
-        f"{what}: {nan.sum()} of {got.size} elements unwritten, first at {np.argwhere(nan)[0]}"
-    )
-    err = np.abs(got - ref).max() if got.size else 0.0
-    scale = max(np.abs(ref).max() if ref.size else 0.0, 1e-30)
-    assert err <= tol * scale, f"{what}: max error {err:.3g} = {err / scale:.3g} of max|ref| (tol {tol})"
+    """The harness's one check: every element written (no NaN), max|out - ref| <= tol * max|ref|."""
+    assert_close(out, ref, tol, what)
 
 
 # ---------------------------------------------------------------------------------------------- conv2d
@@ -109,9 +103,10 @@ def test_conv2d_rectangular_kernel(gen):
     check(out, F.conv2d(t64(x), t64(wt), t64(b), stride=2, padding=1), 2e-6, "conv2d 3x2 kernel")
 
 
-def test_conv2d_allocates_and_defaults(gen):
+def test_conv2d_through_ops_allocates_and_defaults(gen):
     x, wt = rand(gen, 1, 4, 6, 5), rand(gen, 3, 4, 3, 3)
-    out = ops.conv2d(x, wt)  # no bias, stride 1, no padding, default precision (3xtf32)
+    out = Ops("cupy").conv2d(x, wt)  # no bias, stride 1, no padding, default precision (3xtf32)
+    assert isinstance(out, cp.ndarray)
     check(out, F.conv2d(t64(x), t64(wt)), PRECISION_TOL["3xtf32"], "conv2d defaults")
 
 
@@ -129,7 +124,7 @@ def test_linear(gen, shape, precision):
     ops.linear(x, wt, b, residual=res, out=out, precision=precision)
     check(out, F.linear(t64(x), t64(wt), t64(b)) + t64(res), PRECISION_TOL[precision], f"linear {shape}")
     out = poisoned(*shape[:-1], fout)
-    ops.linear(x, wt, out=out, precision=precision)  # no bias, no residual
+    ops.linear(x, wt, None, out=out, precision=precision)  # no bias, no residual
     check(out, F.linear(t64(x), t64(wt)), PRECISION_TOL[precision], f"linear {shape} no bias")
 
 
@@ -146,7 +141,7 @@ def test_linear_every_plan(gen, monkeypatch, plan):
 def test_linear_residual_in_place(gen):
     x, wt, res = rand(gen, 9, 33), rand(gen, 33, 33), rand(gen, 9, 33)
     ref = F.linear(t64(x), t64(wt)) + t64(res)
-    ops.linear(x, wt, residual=res, out=res)  # x = x + f(x): the transformer's skip, in place
+    ops.linear(x, wt, None, residual=res, out=res)  # x = x + f(x): the transformer's skip, in place
     check(res, ref, 1e-5, "linear residual in place")
 
 
@@ -175,7 +170,7 @@ def test_attention_4d(gen, monkeypatch, b, h, lq, lk, d, split):
     monkeypatch.setattr(ops, "_attention_split", lambda b, h, lq: split)  # threads per query
     q, k, v = rand(gen, b, h, lq, d, scale=2.0), rand(gen, b, h, lk, d), rand(gen, b, h, lk, d)
     out = poisoned(b, h, lq, d)
-    ops.attention(q, k, v, out=out)
+    ops.attention(q, k, v, None, 1 / math.sqrt(d), out=out)
     check(out, attention_ref(t64(q), t64(k), t64(v), 1 / math.sqrt(d)), 1e-5, f"attention {b, h, lq, lk, d}")
 
 
@@ -199,7 +194,7 @@ def test_attention_large_scores_are_stable(gen):
         rand(gen, 1, 2, 150, 32, scale=3.0),
         rand(gen, 1, 2, 150, 32),
     )
-    out = ops.attention(q, k, v)
+    out = ops.attention(q, k, v, None, 1 / math.sqrt(32), out=poisoned(*q.shape))
     check(out, attention_ref(t64(q), t64(k), t64(v), 1 / math.sqrt(32)), 1e-4, "attention, large scores")
 
 
@@ -233,7 +228,7 @@ def test_layer_norm(gen, shape, affine):
     wt, b = (rand(gen, f), rand(gen, f)) if affine else (None, None)
     ref = F.layer_norm(t64(x), (f,), None if wt is None else t64(wt), None if b is None else t64(b), eps=1e-5)
     out = poisoned(*shape)
-    ops.layer_norm(x, wt, b, out=out)
+    ops.layer_norm(x, wt, b, 1e-5, out=out)
     check(out, ref, 1e-5, f"layer_norm {shape}")
 
 
@@ -294,7 +289,7 @@ def test_data_movement(gen):
     check(tokens, t64(x).flatten(2).transpose(1, 2), 0, "to_tokens")
     check(ops.from_tokens(tokens, 7, 9, out=poisoned(2, 5, 7, 9)), t64(x), 0, "from_tokens")
     big = rand(gen, 3, 70, 33, 35)  # several 32 x 32 transpose tiles with ragged edges
-    check(ops.to_tokens(big), t64(big).flatten(2).transpose(1, 2), 0, "to_tokens, many tiles")
+    check(Ops("cupy").to_tokens(big), t64(big).flatten(2).transpose(1, 2), 0, "to_tokens, many tiles")
 
 
 @pytest.mark.parametrize("dim, flip, shift", [(32, True, 0), (33, False, 1), (128, True, 0)])
@@ -322,21 +317,26 @@ def test_ddim_and_ddpm_steps(gen):
     for eta in (0.0, 1.0):
         std = eta * math.sqrt((1 - ap) / (1 - at) * (1 - at / ap))
         ref = math.sqrt(ap) * x0 + math.sqrt(1 - ap - std**2) * e + std * z
-        out = ops.ddim_step(sample, eps, at, ap, eta=eta, noise=noise, out=poisoned(*sample.shape))
-        check(out, ref, 2e-6, f"ddim_step eta={eta}")
+        coef = ddim_coefficients(at, ap, eta)
+        out = ops.scheduler_step(sample, eps, noise if eta else None, coef, 1.0, out=poisoned(*sample.shape))
+        check(out, ref, 2e-6, f"ddim step eta={eta}")
     unclipped = (s - math.sqrt(1 - at) * e) / math.sqrt(at)
     ref = math.sqrt(ap) * unclipped + math.sqrt(1 - ap) * e
-    check(ops.ddim_step(sample, eps, at, ap, clip_sample=False), ref, 2e-6, "ddim_step, no clip")
+    out = ops.scheduler_step(sample, eps, None, ddim_coefficients(at, ap), None, out=poisoned(*sample.shape))
+    check(out, ref, 2e-6, "ddim step, no clip")
     alpha = at / ap
     mean = math.sqrt(ap) * (1 - alpha) / (1 - at) * x0 + math.sqrt(alpha) * (1 - ap) / (1 - at) * s
     std = math.sqrt((1 - ap) / (1 - at) * (1 - alpha))
+    coef = ddpm_coefficients(at, ap)
     check(
-        ops.ddpm_step(sample, eps, at, ap, noise=noise, out=poisoned(*sample.shape)),
+        ops.scheduler_step(sample, eps, noise, coef, 1.0, out=poisoned(*sample.shape)),
         mean + std * z,
         2e-6,
         "ddpm",
     )
-    check(ops.ddpm_step(sample, eps, at, ap), mean, 2e-6, "ddpm_step, last step (no noise)")
+    out = ops.scheduler_step(sample, eps, None, coef, 1.0, out=poisoned(*sample.shape))
+    check(out, mean, 2e-6, "ddpm step, last step (no noise)")
+    check(Ops("cupy").ddim_step(sample, eps, at, ap), math.sqrt(ap) * x0 + math.sqrt(1 - ap) * e, 2e-6, "Ops")
 
 
 @pytest.mark.parametrize("shape", [(100_003,), (2, 3, 32, 32), (1,)])
@@ -353,42 +353,41 @@ def test_randn_matches_numpy_backend(shape, seed):
 
 
 def test_randn_statistics():
-    x = cp.asnumpy(ops.randn((1 << 20,), 7)).astype(np.float64)
+    x = cp.asnumpy(Ops("cupy").randn((1 << 20,), 7)).astype(np.float64)
     assert abs(x.mean()) < 5e-3 and abs(x.std() - 1) < 5e-3
-    assert not np.array_equal(x[:1000], cp.asnumpy(ops.randn((1000,), 8)))
+    assert not np.array_equal(x[:1000], cp.asnumpy(Ops("cupy").randn((1000,), 8)))
 
 
 # ---------------------------------------------------------------------------------------------- errors
 
 
 def test_bad_inputs_raise_clear_errors(gen):
+    """Ops("cupy") checks every call once (the kernels trust it); what only a CuPy kernel knows it says itself."""
+    o = Ops("cupy")
     x = rand(gen, 2, 4, 5, 5)
     wt = rand(gen, 3, 4, 3, 3)
     bad = [
-        (lambda: ops.conv2d(cp.asnumpy(x), wt), "cupy.ndarray"),
-        (lambda: ops.conv2d(x.astype(cp.float64), wt), "float32"),
-        (lambda: ops.conv2d(x[:, :, :, ::2], wt), "C-contiguous"),
-        (lambda: ops.conv2d(x, rand(gen, 3, 5, 3, 3)), "input channels"),
-        (lambda: ops.conv2d(x, wt, rand(gen, 4)), "bias"),
-        (lambda: ops.conv2d(x, rand(gen, 3, 4, 9, 9)), "does not fit"),
-        (lambda: ops.conv2d(x, wt, precision="fp16"), "precision"),
-        (lambda: ops.conv2d(x, wt, out=poisoned(2, 3, 5, 5)), "out must have shape"),
-        (lambda: ops.linear(rand(gen, 3, 7), rand(gen, 5, 6)), "in_features"),
-        (lambda: ops.attention(*(rand(gen, 1, 2, 5, 80),) * 3), "head_dim"),
+        (lambda: o.conv2d(x.astype(cp.float64), wt), "float32"),
+        (lambda: o.conv2d(x[:, :, :, ::2], wt), "C-contiguous"),
+        (lambda: o.conv2d(x, rand(gen, 3, 5, 3, 3)), "input channels"),
+        (lambda: o.conv2d(x, wt, rand(gen, 4)), "bias"),
+        (lambda: o.conv2d(x, rand(gen, 3, 4, 9, 9)), "larger than"),
+        (lambda: ops.conv2d(x, wt, None, 1, 0, out=poisoned(2, 3, 3, 3), precision="fp16"), "precision"),
+        (lambda: o.linear(rand(gen, 3, 7), rand(gen, 5, 6)), "in_features"),
+        (lambda: o.attention(*(rand(gen, 1, 2, 5, 80),) * 3), "head_dim"),
         (
-            lambda: ops.attention(rand(gen, 1, 2, 5, 8), rand(gen, 1, 2, 6, 8), rand(gen, 1, 2, 7, 8)),
+            lambda: o.attention(rand(gen, 1, 2, 5, 8), rand(gen, 1, 2, 6, 8), rand(gen, 1, 2, 7, 8)),
             "same shape",
         ),
-        (lambda: ops.attention(*(rand(gen, 1, 5, 12),) * 3, heads=5), "heads"),
-        (lambda: ops.group_norm(x, 3), "num_groups"),
-        (lambda: ops.add(x, rand(gen, 2, 5)), "add"),
-        (lambda: ops.geglu(rand(gen, 3, 5)), "even"),
-        (lambda: ops.from_tokens(rand(gen, 2, 10, 4), 3, 3), "tokens"),
-        (lambda: ops.to_tokens(x, out=x.reshape(2, 25, 4)), "overlap"),
-        (lambda: ops.ddim_step(x, x, 0.5, 0.6, eta=1.0), "noise"),
+        (lambda: o.attention(*(rand(gen, 1, 5, 12),) * 3, heads=5), "heads"),
+        (lambda: o.group_norm(x, 3), "num_groups"),
+        (lambda: o.add(x, rand(gen, 2, 5)), "shape"),
+        (lambda: o.geglu(rand(gen, 3, 5)), "even"),
+        (lambda: o.from_tokens(rand(gen, 2, 10, 4), 3, 3), "tokens"),
+        (lambda: o.ddim_step(x, x, 0.5, 0.6, eta=1.0), "noise"),
     ]
     for call, words in bad:
-        with pytest.raises(ValueError, match=words):
+        with pytest.raises((TypeError, ValueError), match=words):
             call()
 
 
@@ -408,11 +407,11 @@ def test_ops_capture_in_a_cuda_graph(gen):
 
         def chain():
             ops.conv2d(x, wt, b, 1, 1, out=h)
-            ops.group_norm(h, 8, silu=True, out=h)
+            ops.group_norm(h, 8, None, None, 1e-5, True, out=h)
             ops.to_tokens(h, out=tok)
-            ops.linear(tok, wq, out=q)
-            ops.attention(q, ctx, ctx, heads=2, out=att)
-            ops.timestep_embedding(t, 32, out=temb)
+            ops.linear(tok, wq, None, out=q)
+            ops.attention(q, ctx, ctx, 2, 1 / math.sqrt(32), out=att)
+            ops.timestep_embedding(t, 32, True, 0, out=temb)
             ops.randn(emb.shape, 42, out=emb)
 
         chain()  # compile and load every kernel before the capture
@@ -432,21 +431,27 @@ def test_ops_capture_in_a_cuda_graph(gen):
 
 
 def test_unet_on_cupy_ops_matches_torch(gen):
-    """All the ops together: minisd's UNet (random weights) on the CuPy ops against the torch model."""
+    """All the ops together: minisd's forward pass (minisd/forward.py, random weights) on Ops("cupy") against
+    the torch model."""
+    from minisd import architecture
+    from minisd.forward import Forward, prepare_params
     from minisd.model import MiniSD
-    from minisd.ops.cupy_dev import unet_forward
 
     torch.manual_seed(int(gen.integers(1 << 30)))
-    unet = MiniSD().unet.double().eval()
-    params = {k: cp.asarray(v.float().numpy()) for k, v in unet.state_dict().items()}
+    model = MiniSD().double().eval()
+    arch = architecture.read(model.config)
+    o = Ops("cupy")
+    net = Forward(
+        o, prepare_params({k: v.float().numpy() for k, v in model.state_dict().items()}, arch, o), arch
+    )
     sample, ctx = rand(gen, 2, 3, 32, 32), rand(gen, 2, 8, 64)
     steps = cp.asarray([17.0, 951.0], cp.float32)
     with torch.no_grad():
-        ref = unet(t64(sample), t64(steps), t64(ctx))
+        ref = model.unet(t64(sample), t64(steps), t64(ctx))
     for precision, tol in (("fp32", 1e-5), ("3xtf32", 1e-4), ("tf32", 1e-2)):
         ops.DEFAULT_PRECISION = precision
         try:
-            out = unet_forward(unet, params, sample, steps, ctx)
+            out = net.unet(sample, net.time_projections(steps), net.cross_attention_kv(ctx))
         finally:
             ops.DEFAULT_PRECISION = "3xtf32"
         err = float(np.linalg.norm(cp.asnumpy(out) - ref.numpy()) / np.linalg.norm(ref.numpy()))

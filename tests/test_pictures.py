@@ -59,6 +59,39 @@ def test_thread_map_wraps_1d_arrays_and_leaves_the_tail_blank():
     np.testing.assert_allclose(drawn[2, 4], _rgb(pictures.BACKGROUND), atol=0.02)  # past the end: no cell
 
 
+@pytest.mark.parametrize(
+    "launch, past",  # past: (block, thread) of each launched thread beyond element 12
+    [
+        ((4, 4), [(3, 1), (3, 2), (3, 3)]),  # one thread per element: block 3 sticks out
+        ((2, 4), [(1, 1), (1, 2), (1, 3)]),  # grid-stride: the second pass over 8..15 runs out at 13
+        ((5, 4), [(3, 1), (3, 2), (3, 3), (4, 0), (4, 1), (4, 2), (4, 3)]),  # a whole block with no element
+    ],
+)
+def test_thread_map_draws_the_threads_past_the_end_greyed_and_labelled(launch, past):
+    n, (blocks, threads) = 13, launch
+    i = np.arange(n) % (blocks * threads)
+    fig = pictures.thread_map(i // threads, i % threads, launch=launch, wrap=24)
+    labels = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in fig.axes[0].texts}
+    assert "i ≥ 13" in fig.axes[0].get_title()
+    drawn = _rendered_cells(fig, 1, 24)
+    for k in range(n):
+        np.testing.assert_allclose(drawn[0, k], _rgb(pictures.thread_colour(i[k] // threads)), atol=0.02)
+    for k, (block, thread) in enumerate(past, start=n):
+        colour = _rgb(pictures.guarded_colour(block))
+        # greyed: neither the block's own colour nor the grey of "nobody wrote this element"
+        assert np.abs(colour - _rgb(pictures.thread_colour(block))).max() > 0.1
+        assert np.abs(colour - _rgb(pictures.UNWRITTEN)).max() > 0.02
+        np.testing.assert_allclose(drawn[0, k], colour, atol=0.02, err_msg=f"slot {k}")
+        assert labels[k, 0].get_text() == str(thread), f"slot {k}"
+    beyond = drawn[0, n + len(past)]  # no thread of the launch: nothing drawn
+    np.testing.assert_allclose(beyond, _rgb(pictures.BACKGROUND), atol=0.02)
+
+
+def test_thread_map_launch_is_for_1d_maps():
+    with pytest.raises(ValueError, match="1-D"):
+        pictures.thread_map(np.zeros((2, 3), int), np.zeros((2, 3), int), launch=(1, 8))
+
+
 def test_block_colours_are_distinct_per_block_and_grey_for_unwritten():
     owner = np.array([[0, 0, 1], [2, -1, 1]])
     rgba = pictures.block_colours(owner)

@@ -1,8 +1,10 @@
 """minisd.pipeline and minisd.forward: the networks on the course's ops against the torch model (float64
-oracle), the sampler's arithmetic against the scheduler, determinism, the lesson-kernel fallback.
-(Speed is measured by `python -m minisd bench`, never asserted here: CI machines vary many-fold.)"""
+oracle), the sampling loop against the scheduler and against the PyTorch model, determinism, the backend
+checked once. (Speed is measured by `python -m minisd bench`, never asserted here: CI machines vary many-fold.)"""
 
 import copy
+import re
+import subprocess
 import sys
 import types
 
@@ -12,10 +14,14 @@ import torch
 
 import minisd
 import minisd.mode as mode
-from minisd import forward, pipeline, weights
-from minisd.model import MiniSD, ResnetBlock2D, default_config, timestep_embedding
-from minisd.opset import OpSet
-from minisd.pipeline import MiniSDPipeline, SamplingPlan, concat_batch, to_uint8
+from minisd import architecture, lesson_kernels, pipeline, weights
+from minisd.architecture import default_config
+from minisd.forward import Forward, one_hot_tokens, prepare_params
+from minisd.lesson_kernels import LessonKernelsError
+from minisd.model import MiniSD, ResnetBlock2D, timestep_embedding
+from minisd.ops import Ops
+from minisd.ops.harness import assert_close
+from minisd.pipeline import MiniSDPipeline, SamplingPlan, to_uint8
 from minisd.schedulers import DDIMScheduler
 from minisd.text import VOCAB, tokenize
 
@@ -23,7 +29,7 @@ PROMPTS = ["a red circle on a blue background", "", "a green star on a white bac
 
 
 def ragged_config():
-    """Odd sizes everywhere: 3 heads, 2 layers per block, 12x12 images, non-default time embedding."""
+    """Odd sizes everywhere: 1, 2 and 3 heads of 16, 2 layers per block, 12x12 images, another time embedding."""
     c = default_config()
     c["text_encoder"].update(hidden_size=24, num_layers=1, num_heads=3, intermediate_size=40)
     c["unet"].update(
@@ -31,9 +37,8 @@ def ragged_config():
         block_out_channels=[16, 32, 48],
         layers_per_block=2,
         norm_num_groups=4,
-        attention_head_dim=16,
+        attention_head_dim=[1, 2, 3],
         cross_attention_dim=24,
-        time_proj_dim=16,
         flip_sin_to_cos=False,
         freq_shift=1,
     )
@@ -50,9 +55,8 @@ def tiny_config():
         down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
         up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
         norm_num_groups=4,
-        attention_head_dim=8,
+        attention_head_dim=[1, 2],
         cross_attention_dim=8,
-        time_proj_dim=8,
     )
     return c
 
@@ -72,23 +76,17 @@ def state_of(model):
     return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def assert_close(got, ref, what, tol=2e-5):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    assert np.isfinite(got).all(), f"{what}: non-finite values"
-    scale = max(1.0, np.abs(ref).max())
-    err = np.abs(got - ref).max()
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol * scale:.3g} (largest value {scale:.3g})"
+def network(ops, model, forward_class=Forward):
+    arch = architecture.read(model.config)
+    return forward_class(ops, prepare_params(state_of(model), arch, ops), arch)
 
 
-def forward_on(ops, model, config, sample, timesteps, ids):
+def forward_on(ops, model, sample, timesteps, ids, forward_class=Forward):
     """Text encoder + UNet through ``ops`` -> (context, eps) as numpy."""
-    p = forward.prepare_params(state_of(model), config, ops)
-    one_hot = forward.one_hot_tokens(ids, config["text_encoder"]["vocab_size"])
-    context = forward.text_encoder_forward(ops, p, config, ops.to_device(one_hot))
-    temb = forward.time_projections(ops, p, config, ops.to_device(timesteps.astype(np.float32)))
-    kv = forward.cross_attention_kv(ops, p, context)
-    eps = forward.unet_forward(ops, p, config, ops.to_device(sample), temb, kv)
+    net = network(ops, model, forward_class)
+    context = net.text_encoder(ops.to_device(one_hot_tokens(ids, net.arch.text_encoder.vocab_size)))
+    temb = net.time_projections(ops.to_device(timesteps.astype(np.float32)))
+    eps = net.unet(ops.to_device(sample), temb, net.cross_attention_kv(context))
     return ops.to_numpy(context), ops.to_numpy(eps)
 
 
@@ -114,10 +112,55 @@ def test_numpy_forward_matches_torch_float64(make_config):
     config = make_config()
     model = random_model(config)
     sample, timesteps, ids = inputs(config)
-    context, eps = forward_on(OpSet("numpy"), model, config, sample, timesteps, ids)
+    context, eps = forward_on(Ops("numpy"), model, sample, timesteps, ids)
     ref_context, ref_eps = oracle(model, sample, timesteps, ids)
-    assert_close(context, ref_context, "text encoder")
-    assert_close(eps, ref_eps, "UNet")
+    assert_close(context, ref_context, 2e-5, "text encoder")
+    assert_close(eps, ref_eps, 2e-5, "UNet")
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "unet.norm_eps",
+        "text_encoder.layer_norm_eps",
+        "TRANSFORMER_GROUP_NORM_EPS",
+        "TRANSFORMER_LAYER_NORM_EPS",
+    ],
+)
+def test_every_eps_comes_from_the_architecture(monkeypatch, where):
+    """Drift guard: an eps the torch model and the kernel forward pass each wrote down for themselves could
+    change in one and not the other (the transformers' GroupNorm eps once did). Change each (in the config,
+    or diffusers' fixed ones in minisd.architecture): the result must change, and both must still agree."""
+    config = ragged_config()
+    sample, timesteps, ids = inputs(config)
+    before = np.concatenate(
+        [a.ravel() for a in forward_on(Ops("numpy"), random_model(config), sample, timesteps, ids)]
+    )
+    if "." in where:
+        section, key = where.split(".")
+        config[section][key] = 0.3
+    else:
+        monkeypatch.setattr(architecture, where, 0.3)
+    model = random_model(config)
+    context, eps = forward_on(Ops("numpy"), model, sample, timesteps, ids)
+    ref_context, ref_eps = oracle(model, sample, timesteps, ids)
+    assert_close(context, ref_context, 2e-5, f"text encoder with {where} = 0.3")
+    assert_close(eps, ref_eps, 2e-5, f"UNet with {where} = 0.3")
+    after = np.concatenate([context.ravel(), eps.ravel()])
+    assert np.abs(after - before).max() > 1e-3, f"{where} does not reach the forward pass"
+
+
+def test_no_other_unet_walks_the_blocks():
+    """Drift guard: a UNet written out a third time (the CuPy harness had one) would be a copy to forget.
+    Only the architecture names the blocks; the torch model and minisd/forward.py walk its specs."""
+    root = pipeline.__file__.rsplit("/", 1)[0]
+    import pathlib
+
+    for path in pathlib.Path(root).rglob("*.py"):
+        if path.name in ("architecture.py", "model.py"):
+            continue
+        text = path.read_text()
+        assert "down_blocks" not in text and "mid_block." not in text, f"{path} walks the UNet by hand"
 
 
 @pytest.mark.slow
@@ -129,20 +172,18 @@ def test_numba_blocks_in_simulator_match_torch(monkeypatch):
     monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
     config = tiny_config()
     model = random_model(config)
-    ops = OpSet("numba")
-    p = forward.prepare_params(state_of(model), config, ops)
+    ops = Ops("numba")
+    net = network(ops, model)
     ids = tokenize(PROMPTS[:2])
     timesteps = np.array([999.0, 3.0], np.float32)
     x = np.random.default_rng(2).standard_normal((2, 8, 3, 5)).astype(np.float32)  # ragged on purpose
 
-    context = forward.text_encoder_forward(
-        ops, p, config, ops.to_device(forward.one_hot_tokens(ids, len(VOCAB)))
-    )
-    temb = forward.time_projections(ops, p, config, ops.to_device(timesteps))
-    kv = forward.cross_attention_kv(ops, p, context)
-    pre = "unet.down_blocks.1."
-    h = forward.resnet_block(ops, p, pre + "resnets.0.", ops.to_device(x), temb, 4, 1e-5)
-    out = forward.transformer_2d(ops, p, pre + "attentions.0.", h, kv, 4, heads=2)
+    context = net.text_encoder(ops.to_device(one_hot_tokens(ids, len(VOCAB))))
+    temb = net.time_projections(ops.to_device(timesteps))
+    kv = net.cross_attention_kv(context)
+    block = net.arch.unet.down[1]
+    h = net.resnet_block(block.resnets[0], ops.to_device(x), temb)
+    out = net.transformer_2d(block.attentions[0], h, kv)
 
     m = copy.deepcopy(model).double()
     with torch.no_grad():
@@ -151,38 +192,42 @@ def test_numba_blocks_in_simulator_match_torch(monkeypatch):
         ref_temb = u.time_embedding(timestep_embedding(torch.from_numpy(timesteps), 8).double())
         ref_h = u.down_blocks[1].resnets[0](torch.from_numpy(x).double(), ref_temb)
         ref_out = u.down_blocks[1].attentions[0](ref_h, ref_context)
-    assert_close(ops.to_numpy(context), ref_context.numpy(), "text encoder (numba)")
-    assert_close(ops.to_numpy(h), ref_h.numpy(), "ResNet block (numba)")
-    assert_close(ops.to_numpy(out), ref_out.numpy(), "transformer block (numba)")
+    assert_close(context, ref_context, 2e-5, "text encoder (numba)")
+    assert_close(h, ref_h, 2e-5, "ResNet block (numba)")
+    assert_close(out, ref_out, 2e-5, "transformer block (numba)")
 
 
 def test_prepared_params_have_canonical_strides():
     """Numba's device arrays (on a GPU) reject "contiguous" arrays whose size-1 axes have odd strides."""
-    config = tiny_config()
-    params = forward.prepare_params(state_of(random_model(config)), config, OpSet("numpy"))
+    params = network(Ops("numpy"), random_model(tiny_config())).p
     for key, value in params.items():
         canonical = tuple(int(np.prod(value.shape[i + 1 :])) * value.itemsize for i in range(value.ndim))
         assert value.strides == canonical, f"{key}: strides {value.strides}, expected {canonical}"
 
 
-def test_ddim_step_op_matches_scheduler():
-    """The pipeline steps with ops.ddim_step; it must be DDIMScheduler.step (itself checked against diffusers)."""
-    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_fused_step_is_the_schedulers_step(eta):
+    """Drift guard: the loop applies schedulers.StepCoefficients in one fused op (scheduler_step); it must be
+    DDIMScheduler.step (itself checked against diffusers) at every step of minisd's plan."""
+    scheduler = DDIMScheduler.from_config(default_config()["scheduler"])
     scheduler.set_timesteps(25)
     rng = np.random.default_rng(0)
-    ops = OpSet("numpy")
-    for t in scheduler.timesteps[[0, 1, 12, 24]]:
-        sample, eps = (rng.standard_normal((2, 3, 5, 7)).astype(np.float32) for _ in range(2))
+    ops = Ops("numpy")
+    for t in scheduler.timesteps:
+        sample, eps, noise = (rng.standard_normal((2, 3, 5, 7)).astype(np.float32) for _ in range(3))
+        got = ops.scheduler_step(
+            sample, eps, noise if eta else None, scheduler.step_coefficients(t, eta), 1.0
+        )
+        want = scheduler.step(eps, t, sample, eta=eta, noise=noise).prev_sample
+        assert_close(got, want, 2e-6 / scheduler.alpha_prods(t)[0] ** 0.5, f"t={t} eta={eta}")
         a_t, a_prev = scheduler.alpha_prods(t)
-        got = ops.ddim_step(sample, eps, a_t, a_prev, 0.0, None, True, 1.0)
-        want = scheduler.step(eps, t, sample).prev_sample
-        assert_close(got, want, f"t={t}", tol=1e-5 / a_t**0.5)
+        np.testing.assert_array_equal(ops.ddim_step(sample, eps, a_t, a_prev, eta, noise), got)
 
 
 def test_concat_batch_and_uint8():
-    ops = OpSet("numpy")
+    ops = Ops("numpy")
     a, b = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5), np.ones((2, 3, 4, 5), np.float32)
-    np.testing.assert_array_equal(concat_batch(ops, a, b), np.concatenate([a, b]))
+    np.testing.assert_array_equal(ops.concat_batch(a, b), np.concatenate([a, b]))
     pixels = to_uint8(np.array([-2.0, -1.0, 0.0, 1.0, 3.0], np.float32).reshape(1, 1, 1, 5).repeat(3, 1))
     assert pixels.shape == (1, 1, 5, 3) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[0, 0, :, 0], [0, 0, 128, 255, 255])
@@ -212,10 +257,48 @@ def test_guidance_and_plan(small_weights):
     plan = pipe.plan(2, 25, 3.0)
     assert isinstance(plan, SamplingPlan) and plan.rows == 4 and len(plan.timesteps) == 25
     assert plan.timesteps[0] == 999, "trailing spacing starts from pure noise"
+    assert plan.prompt_rows(["a", "b"]) == ["", "", "a", "b"], "[unconditional..., conditional...]"
     assert pipe.plan(2, 25, 1.0).rows == 2, "guidance 1 needs no unconditional rows"
     unguided = pipe("a red circle on a blue background", 2, guidance_scale=1.0)
     guided = pipe("a red circle on a blue background", 2, guidance_scale=5.0)
     assert unguided.shape == guided.shape == (1, 32, 32, 3) and (unguided != guided).any()
+    assert pipe("a red circle on a blue background", 1, height=8, width=12).shape == (1, 8, 12, 3)
+    with pytest.raises(ValueError, match="height must be a multiple of 4"):
+        pipe.plan(1, 2, 1.5, height=6)
+
+
+def test_every_scheduler_setting_comes_from_the_weights():
+    """Drift guard: the spacing was once filled in by the pipeline, unknown to the weights; now the stored
+    config is read as it is. "leading" starts at 960 of 1000, "trailing" (minisd's) at 999."""
+    config = default_config()
+    state = state_of(random_model(config))
+    assert MiniSDPipeline(state, config, "numpy").plan(1, 25, 1.5).timesteps[:2] == (999, 959)
+    config["scheduler"]["timestep_spacing"] = "leading"
+    assert MiniSDPipeline(state, config, "numpy").plan(1, 25, 1.5).timesteps[:2] == (960, 920)
+
+
+def test_the_torch_model_is_sampled_by_the_same_loop(small_weights):
+    """Drift guard: bench's PyTorch contenders and training's validation sample minisd.model with the loop
+    that ships (once they stepped 960 -> 0 with their own noise): same seed, same picture."""
+    from minisd.torch_sampler import TorchSampler
+
+    state, config = weights.load(small_weights)
+    model = MiniSD(config).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    prompts = ["a red circle on a blue background", "a yellow heart on a black background"]
+    for guidance in (1.0, 2.0):
+        ours = MiniSDPipeline(state, config, "numpy")(prompts, 4, guidance, seed=3).astype(int)
+        theirs = TorchSampler(model)(prompts, 4, guidance, seed=3).astype(int)
+        assert np.abs(ours - theirs).max() <= 2, f"guidance {guidance}: the two loops draw different pictures"
+
+
+def test_the_backend_is_checked_once(small_weights, monkeypatch):
+    """Ops checks its backend when it is made, not on every op call (~6,000 an image once)."""
+    pipe = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")
+    calls = []
+    monkeypatch.setattr(mode, "check_backend", lambda backend: calls.append(backend))
+    pipe("a red circle on a blue background", 2)
+    assert calls == []
 
 
 def test_bad_inputs_are_clear(small_weights):
@@ -234,39 +317,99 @@ def test_bad_inputs_are_clear(small_weights):
     with pytest.raises(weights.WeightsError, match="no minisd weights"):
         MiniSDPipeline.from_pretrained(small_weights.parent / "missing.safetensors")
     with pytest.raises(ValueError, match="kernels must be one of"):
-        OpSet("numpy", kernels="mine")
+        MiniSDPipeline.from_pretrained(small_weights, kernels="mine")
     with pytest.raises(ValueError, match="unknown backend"):
         minisd.generate("a red circle on a blue background", backend="tpu")
 
 
-def test_lesson_kernels_replace_ops_and_fall_back(monkeypatch, capsys):
-    """kernels="solutions": the lesson's functions run; NotImplementedError -> minisd's op, with one note."""
+def test_numpy_sampling_does_not_import_torch(small_weights, tmp_path):
+    """Loading and sampling on numpy checks the weights against minisd.architecture, not a torch model."""
+    code = (
+        "import sys; from minisd.__main__ import main; "
+        f"main(['sample', '--weights', {str(small_weights)!r}, '--backend', 'numpy', '--steps', '1', "
+        f"'--num-images', '1', '--out', {str(tmp_path / 'x.png')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -------------------------------------------------------------------------- a lesson's kernels (lesson 11)
+# minisd.lesson_kernels: each op probed first; NotImplementedError (the stubs' marker) means minisd's op runs,
+# anything wrong is reported, never replaced.
+
+NUMPY = Ops("numpy")
+
+
+def fake_lesson(monkeypatch, source="solutions", **functions):
+    lesson = types.ModuleType(f"{source}.lesson11")
+    for name, fn in functions.items():
+        setattr(lesson, name, fn)
+    monkeypatch.setitem(sys.modules, f"{source}.lesson11", lesson)
+    return lesson
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise 11.1")
+
+
+def run_tiny_model(ops_and_forward):
+    """The tiny UNet through a lesson's ops, against the torch oracle."""
+    ops, forward_class = ops_and_forward
+    config = tiny_config()
+    model = random_model(config)
+    sample, timesteps, ids = inputs(config)
+    _, eps = forward_on(ops, model, sample, timesteps, ids, forward_class)
+    assert_close(eps, oracle(model, sample, timesteps, ids)[1], 2e-5, "UNet with a lesson's kernels")
+
+
+def test_implemented_ops_run_and_stubs_fall_back(monkeypatch, capsys):
     calls = {"gelu": 0, "linear": 0}
 
     def gelu(x):
         calls["gelu"] += 1
-        return minisd.ops.gelu(x, backend="numpy")
+        return NUMPY.gelu(x)
 
     def linear(x, weight, bias=None):
         calls["linear"] += 1
-        raise NotImplementedError("Exercise 11.2")
+        raise NotImplementedError("Exercise 11.1: linear")
 
-    lesson = types.ModuleType("solutions.lesson11")
-    lesson.gelu, lesson.linear = gelu, linear
-    monkeypatch.setitem(sys.modules, "solutions.lesson11", lesson)
-    config = tiny_config()
-    model = random_model(config)
-    sample, timesteps, ids = inputs(config)
-    ops = OpSet("numpy", kernels="solutions")
-    context, eps = forward_on(ops, model, config, sample, timesteps, ids)
-    ref_context, ref_eps = oracle(model, sample, timesteps, ids)
-    assert_close(eps, ref_eps, "UNet with lesson kernels")
-    assert calls["gelu"] > 0 and calls["linear"] == 1, calls
-    assert ops.lesson_ran == {"gelu"}, "the CLI refuses a run where this stays empty"
+    fake_lesson(monkeypatch, gelu=gelu, linear=linear)
+    loaded = lesson_kernels.load("solutions")
+    assert calls == {"gelu": 1, "linear": 1}, "the probe calls each op once"
+    run_tiny_model(loaded)
+    assert calls["gelu"] > 1 and calls["linear"] == 1, "the stub is not called again"
     out = capsys.readouterr().out
-    assert out.count("solutions.lesson11.linear() is not implemented yet") == 1
-    assert "using solutions.lesson11 for gelu, linear" in out
-    assert "solutions.lesson11 has no add, attention" in out
+    assert "yours: gelu" in out and "not implemented yet (minisd's run instead): linear" in out
+    assert "not in the file (minisd's): conv2d, group_norm" in out
+
+
+@pytest.mark.parametrize(
+    "gelu,message",
+    [
+        (lambda x: np.full_like(x, np.nan), "7 of 7 outputs are NaN or inf"),
+        (lambda x: NUMPY.silu(x), "differs from minisd's by"),
+        (lambda x: NUMPY.gelu(x).astype(np.float64), "returned float64"),
+        (lambda x: NUMPY.gelu(x)[:3], r"returned shape \(3,\), expected \(7,\)"),
+        (lambda x: x[99], "raised IndexError"),
+    ],
+)
+def test_a_wrong_kernel_is_reported_not_replaced(monkeypatch, capsys, gelu, message):
+    """Drift guard: a NaN once meant "not implemented" and quietly became minisd's op, hiding real bugs."""
+    fake_lesson(monkeypatch, gelu=gelu, linear=stub)
+    with pytest.raises(LessonKernelsError, match="solutions/lesson11.py: gelu is wrong"):
+        lesson_kernels.load("solutions")
+    out = capsys.readouterr().out
+    assert "WRONG gelu:" in out and len(re.findall(message, out)) == 1, out
+
+
+def test_a_kernel_that_goes_wrong_after_its_probe_stops_the_run(monkeypatch):
+    def gelu(x):
+        return NUMPY.gelu(x) if x.size < 100 else np.full_like(x, np.nan)  # right on tiny inputs only
+
+    fake_lesson(monkeypatch, gelu=gelu)
+    with pytest.raises(LessonKernelsError, match=r"solutions.lesson11.gelu\(\) .* are NaN or inf"):
+        run_tiny_model(lesson_kernels.load("solutions"))
 
 
 def test_lesson_blocks_replace_minisd_blocks(monkeypatch, capsys):
@@ -284,38 +427,62 @@ def test_lesson_blocks_replace_minisd_blocks(monkeypatch, capsys):
         calls["transformer_block"] += 1
         raise NotImplementedError("Exercise 11.4: transformer_block")
 
-    lesson = types.ModuleType("exercises.lesson11")
-    lesson.resnet_block, lesson.transformer_block = resnet_block, transformer_block
-    monkeypatch.setitem(sys.modules, "exercises.lesson11", lesson)
-    config = tiny_config()
-    model = random_model(config)
-    sample, timesteps, ids = inputs(config)
-    ops = OpSet("numpy", kernels="exercises")
-    _, eps = forward_on(ops, model, config, sample, timesteps, ids)
-    assert_close(eps, oracle(model, sample, timesteps, ids)[1], "UNet with a lesson's resnet_block")
-    assert calls == {"resnet_block": 8, "transformer_block": 1}, calls  # 8 resnets in the tiny UNet
-    assert ops.lesson_ran == {"resnet_block"}
+    fake_lesson(monkeypatch, "exercises", resnet_block=resnet_block, transformer_block=transformer_block)
+    run_tiny_model(lesson_kernels.load("exercises"))
+    assert calls == {"resnet_block": 1 + 8, "transformer_block": 1}, (
+        calls
+    )  # probe + 8 resnets of the tiny UNet
     out = capsys.readouterr().out
-    assert "using exercises.lesson11 for resnet_block, transformer_block" in out
-    assert out.count("transformer_block() is not implemented yet") == 1
+    assert "yours: resnet_block" in out and "minisd's run instead): transformer_block" in out
 
 
-def test_missing_lesson_module_falls_back(monkeypatch, capsys):
+def test_nothing_to_run_is_an_error(monkeypatch):
+    fake_lesson(monkeypatch, "exercises", linear=stub, gelu=stub)
+    with pytest.raises(LessonKernelsError, match="implements none of minisd's ops yet"):
+        lesson_kernels.load("exercises")
     monkeypatch.setitem(sys.modules, "exercises.lesson11", None)  # as if exercises/lesson11.py did not exist
-    ops = OpSet("numpy", kernels="exercises")
-    assert "exercises.lesson11 does not exist yet" in capsys.readouterr().out
-    x = np.linspace(-3, 3, 7, dtype=np.float32)
-    np.testing.assert_array_equal(ops.gelu(x), minisd.ops.gelu(x, backend="numpy"))
+    with pytest.raises(LessonKernelsError, match="exercises/lesson11.py does not exist"):
+        lesson_kernels.load("exercises")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        lesson_kernels.load("mine")
 
 
-def test_real_lesson_module_plugs_in(capsys):
-    """solutions/lesson11.py (Numba kernels: the simulator here) runs where minisd's op would."""
-    ops = OpSet("numpy", kernels="solutions")
-    assert "using solutions.lesson11 for" in capsys.readouterr().out
+def test_every_op_has_one_calling_convention():
+    """Drift guard: the backends once took out= three ways. Every op the pipeline calls is an explicit method
+    of Ops, and each backend (numpy, Numba, CuPy, a lesson's) has a function of that name taking Ops'
+    arguments, then ``out``. (CuPy's file is read, not imported: it needs a GPU.)"""
+    import ast
+    import inspect
+    import pathlib
+
+    import minisd.ops
+    from minisd.ops import numba, numpy_ops
+
+    tree = ast.parse(pathlib.Path(minisd.ops.__file__).with_name("cupy_ops.py").read_text())
+    cupy = {f.name: f.args for f in tree.body if isinstance(f, ast.FunctionDef)}
+    for name in [n for n in lesson_kernels.OPS if n != "ddim_step"] + ["scheduler_step"]:
+        assert name in Ops.__dict__, f"Ops has no method {name}"
+        signatures = {
+            "numpy": inspect.signature(getattr(numpy_ops, name)),
+            "numba": inspect.signature(getattr(numba, name)),
+            "lesson": inspect.signature(getattr(lesson_kernels.LessonKernels, name).__get__(object())),
+        }
+        params = {where: list(sig.parameters) for where, sig in signatures.items()}
+        params["cupy"] = [a.arg for a in cupy[name].args] + [a.arg for a in cupy[name].kwonlyargs][:1]
+        assert params["numpy"][-1] == "out", name
+        assert signatures["numpy"].parameters["out"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert all(p == params["numpy"] for p in params.values()), f"{name}: {params}"
+
+
+def test_the_reference_solutions_plug_in(capsys):
+    """solutions/lesson11.py (Numba kernels: the simulator here) passes every probe."""
+    ops, forward_class = lesson_kernels.load("solutions")
+    out = capsys.readouterr().out
+    assert "WRONG" not in out and "not implemented" not in out, out
     x = np.linspace(-4, 4, 37, dtype=np.float32).reshape(1, 37)
-    assert_close(ops.gelu(x), minisd.ops.gelu(x, backend="numpy"), "lesson gelu", 1e-6)
+    assert_close(ops.gelu(x), NUMPY.gelu(x), 1e-6, "lesson gelu")
     w = np.random.default_rng(0).standard_normal((5, 37)).astype(np.float32)
-    assert_close(ops.linear(x, w), x @ w.T, "lesson linear", 1e-5)
+    assert_close(ops.linear(x, w), x @ w.T, 1e-5, "lesson linear")
 
 
 # ------------------------------------------------------------------------------------ GPU (lead's H100 runs)
@@ -356,16 +523,16 @@ def test_schedulers_keep_cupy_arrays_on_the_device():
     t = scheduler.timesteps[1]
     got = scheduler.step(cupy.asarray(model_output), t, cupy.asarray(sample)).prev_sample
     assert isinstance(got, cupy.ndarray)
-    assert_close(cupy.asnumpy(got), scheduler.step(model_output, t, sample).prev_sample, "cupy step", 1e-5)
+    assert_close(got, scheduler.step(model_output, t, sample).prev_sample, 1e-5, "cupy step")
     noisy = scheduler.add_noise(cupy.asarray(model_output), cupy.asarray(sample), cupy.asarray([3, 700]))
     assert isinstance(noisy, cupy.ndarray)
     want = scheduler.add_noise(model_output, sample, np.array([3, 700]))
-    assert_close(cupy.asnumpy(noisy), want, "cupy add_noise", 1e-6)
+    assert_close(noisy, want, 1e-6, "cupy add_noise")
 
 
 def test_vocab_in_one_hot():
     ids = tokenize(["a red circle on a blue background"])
-    one_hot = forward.one_hot_tokens(ids, len(VOCAB))
+    one_hot = one_hot_tokens(ids, len(VOCAB))
     assert one_hot.shape == (1, 8, len(VOCAB) + 8)
     np.testing.assert_array_equal(one_hot.sum(-1), 2.0)
     np.testing.assert_array_equal(one_hot[0, :, : len(VOCAB)].argmax(-1), ids[0])

@@ -54,3 +54,38 @@ def test_packages_import_outside_the_repo(tmp_path):
 def test_ruff_clean(command):
     proc = subprocess.run(["ruff", *command], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def _pyproject():
+    import tomllib  # Python 3.11+: the tests run on 3.11 here; the package itself needs only 3.10
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_runtime_dependencies_are_what_sampling_needs():
+    """`pip install -e .` (the README's sample command) must not pull the course's tools; the extras hold them."""
+    project = _pyproject()
+    names = {re.split(r"[<>=\[ ;]", d)[0] for d in project["dependencies"]}
+    assert not names & {"torch", "jupyter", "pytest", "matplotlib", "nbclient", "diffusers"}, names
+    extras = project["optional-dependencies"]
+    course = {re.split(r"[<>=\[ ;]", d)[0] for d in extras["course"]}
+    assert {"jupyter", "pytest", "matplotlib"} <= course and "cuda-from-scratch[train]" in extras["course"]
+    assert "cuda-from-scratch[course]" in extras["test"]
+    readme = (ROOT / "README.md").read_text()
+    sample = next(
+        line for line in readme.splitlines() if line.startswith("python3 -m venv") and "sample" in line
+    )
+    assert "pip install -e . &&" in sample and "torch" not in sample
+
+
+def test_the_code_is_valid_python_of_requires_python():
+    """requires-python matches the code: every file parses as that Python's grammar (no newer syntax), and
+    no module uses the 3.11 APIs that slipped in before (datetime.UTC)."""
+    import ast
+
+    oldest = tuple(int(n) for n in _pyproject()["requires-python"].removeprefix(">=").split("."))
+    for folder in ("minisd", "course", "exercises", "solutions"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            ast.parse(text, str(path), feature_version=oldest)
+            assert "datetime.UTC" not in text and "import tomllib" not in text, path

@@ -1,13 +1,17 @@
 """minisd.schedulers against Hugging Face diffusers, the independent oracle: same config → same tables,
 timesteps and step outputs (within float32 rounding) for numpy and torch arrays."""
 
+import copy
+import inspect
 import itertools
+import json
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from minisd.schedulers import DDIMScheduler, DDPMScheduler
+from minisd.schedulers import CONFIG_NAME, DDIMScheduler, DDPMScheduler, SchedulerOutput
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (the test oracle) is not installed")
 
@@ -137,6 +141,49 @@ def test_ddim_eta_noise_matches(eta, use_clipped):
         assert_close(got.prev_sample, expected.prev_sample, f"eta={eta} t={int(t)} generator", amp)
 
 
+@pytest.mark.parametrize("eta", [1.05, 1.5, 3.0])
+def test_ddim_eta_above_one_matches_diffusers_or_refuses(eta):
+    """eta > 1 can make sigma_t² exceed 1 − ᾱ_prev: there diffusers returns NaN and minisd refuses; at every
+    other step minisd equals diffusers, in float32 for torch and numpy inputs (never complex)."""
+    ours, ref = DDIMScheduler(), diffusers.DDIMScheduler()
+    ours.set_timesteps(50)
+    ref.set_timesteps(50)
+    matched = refused = 0
+    for i, t in enumerate(ref.timesteps):
+        model_output, sample = random_inputs(300 + i)
+        noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(i))
+        expected = ref.step(model_output, t, sample, eta=eta, variance_noise=noise).prev_sample
+        inputs = [(model_output, sample, noise), (model_output.numpy(), sample.numpy(), noise.numpy())]
+        if torch.isnan(expected).any():
+            for x, s, z in inputs:
+                with pytest.raises(ValueError, match=f"eta={eta} is too large at timestep {int(t)}"):
+                    ours.step(x, t, s, eta=eta, noise=z)
+            refused += 1
+            continue
+        for x, s, z in inputs:
+            got = ours.step(x, t, s, eta=eta, noise=z).prev_sample
+            assert type(got) is type(x) and str(got.dtype).endswith("float32"), f"t={int(t)}: {got.dtype}"
+            assert_close(got, expected, f"eta={eta} t={int(t)}", amplification(ours, t))
+        matched += 1
+    assert matched and refused, (matched, refused)  # both kinds of step were met
+
+
+def test_ddim_eta_one_zero_snr_stays_real():
+    """eta = 1 on a zero-SNR schedule: 1 − ᾱ_prev − sigma² is 0 in exact arithmetic, −1.1e-16 in float64
+    here; the step must still be real (it was complex64) and agree with diffusers (float32, so only to the
+    1e-3 that sqrt of its rounding leaves)."""
+    config = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    ours, ref = DDIMScheduler(**config), diffusers.DDIMScheduler(**config)
+    ours.set_timesteps(3)
+    ref.set_timesteps(3)
+    model_output, sample = random_inputs(5)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    got = ours.step(model_output, 999, sample, eta=1.0, noise=noise).prev_sample
+    expected = ref.step(model_output, ref.timesteps[0], sample, eta=1.0, variance_noise=noise).prev_sample
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-3)
+
+
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("steps", [None, 9])
@@ -222,3 +269,214 @@ def test_clear_errors():
         d = DDPMScheduler()
         d.set_timesteps(10)
         d.step(x, 901, x, noise=x)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        s.step(x, 900, x, eta=-0.5)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        s.step(x, 900, x, eta=float("nan"))
+
+
+# ------------------------------------------------------------------ drop-in for diffusers' schedulers
+
+
+PAIRS = [(DDIMScheduler, diffusers.DDIMScheduler), (DDPMScheduler, diffusers.DDPMScheduler)]
+
+
+@pytest.mark.parametrize("cls, ref_cls", PAIRS)
+def test_pipeline_attributes_match_diffusers(cls, ref_cls):
+    ours, ref = cls(), ref_cls()
+    assert ours.order == ref.order == 1
+    assert ours.init_noise_sigma == ref.init_noise_sigma == 1.0
+    x = torch.randn(SHAPE)
+    assert ours.scale_model_input(x, 10) is x and torch.equal(ref.scale_model_input(x, 10), x)
+    # what StableDiffusionPipeline.prepare_extra_step_kwargs looks for in step's signature
+    for name in ("eta", "generator"):
+        assert (name in inspect.signature(ours.step).parameters) == (
+            name in inspect.signature(ref.step).parameters
+        )
+
+
+@pytest.mark.parametrize("cls, ref_cls", PAIRS)
+def test_step_output_indexes_like_diffusers(cls, ref_cls):
+    ours, ref = cls(num_train_timesteps=100), ref_cls(num_train_timesteps=100)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    model_output, sample = random_inputs(9)
+    t = ref.timesteps[3]
+    noise_kw = dict(noise=torch.zeros(SHAPE)) if cls is DDPMScheduler else {}
+    got = ours.step(model_output, t, sample, **noise_kw)
+    expected = ref.step(model_output, t, sample, generator=torch.Generator().manual_seed(0))
+    if cls is DDPMScheduler:  # diffusers' DDPM step adds its own noise: compare the noise-free x_0 only
+        assert_close(got["pred_original_sample"], expected["pred_original_sample"], "x0")
+    else:
+        for key in (0, -1, "prev_sample", "pred_original_sample"):
+            assert_close(got[key], expected[key], f"out[{key!r}]")
+        assert_close(got[:1][0], expected[:1][0], "out[:1]")
+    assert got.keys() == list(expected.keys()) == ["prev_sample", "pred_original_sample"]
+    assert len(got.to_tuple()) == len(expected.to_tuple()) == 2
+    as_tuple = ours.step(model_output, t, sample, return_dict=False, **noise_kw)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    # a field left None is skipped by index and by key, in both
+    ours_half = SchedulerOutput(prev_sample=sample)
+    ref_half = type(expected)(prev_sample=sample)
+    assert ours_half.keys() == list(ref_half.keys()) == ["prev_sample"]
+    for out in (ours_half, ref_half):
+        with pytest.raises(IndexError):
+            out[1]
+        with pytest.raises(KeyError):
+            out["pred_original_sample"]
+
+
+@pytest.mark.parametrize("cls, ref_cls", PAIRS)
+def test_timesteps_on_the_requested_device(cls, ref_cls):
+    ours, ref = cls(), ref_cls()
+    for device in ("cpu", "meta"):  # meta: a device that is not the CPU, on any machine
+        ours.set_timesteps(10, device=device)
+        ref.set_timesteps(10, device=device)
+        assert isinstance(ours.timesteps, torch.Tensor)
+        assert (ours.timesteps.device, ours.timesteps.dtype) == (ref.timesteps.device, ref.timesteps.dtype)
+    ours.set_timesteps(10, device="cpu")
+    ref.set_timesteps(10, device="cpu")
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    model_output, sample = random_inputs(4)
+    t = ours.timesteps[2]  # a 0-d tensor, as a pipeline's loop hands it over
+    got = ours.step(model_output, t, sample, noise=torch.zeros(SHAPE)).pred_original_sample
+    assert_close(got, ref.step(model_output, ref.timesteps[2], sample).pred_original_sample, "x0")
+    ours.set_timesteps(10)  # no device: numpy, the tables' own kind
+    assert isinstance(ours.timesteps, np.ndarray)
+
+
+def test_config_is_read_only_like_diffusers():
+    ours, ref = DDIMScheduler(), diffusers.DDIMScheduler()
+    refused_by_both = {
+        "del": lambda c: c.__delitem__("beta_end"),
+        "pop": lambda c: c.pop("beta_end"),
+        "update": lambda c: c.update(beta_end=0.5),
+        "setdefault": lambda c: c.setdefault("eta", 0.5),
+    }
+    # diffusers' FrozenDict lets these through (its frozen flag is checked under a mangled name); minisd
+    # refuses them too, since changing the record would not change the tables built from it
+    refused_by_minisd = {
+        "item": lambda c: c.__setitem__("beta_end", 0.5),
+        "attribute": lambda c: setattr(c, "beta_end", 0.5),
+        "clear": lambda c: c.clear(),
+        "|=": lambda c: c.__ior__({"beta_end": 0.5}),
+        "popitem": lambda c: c.popitem(),
+    }
+    for change in refused_by_both.values():
+        with pytest.raises(Exception, match="You cannot use"):
+            change(ref.config)
+        with pytest.raises(TypeError, match="read-only; make a new scheduler"):
+            change(ours.config)
+    for change in refused_by_minisd.values():
+        with pytest.raises(TypeError, match="read-only"):
+            change(ours.config)
+    assert ours.config == DDIMScheduler().config and ours.config.beta_end == 0.02
+    for scheduler in (ours, ref):
+        with pytest.raises(AttributeError):
+            scheduler.config = {}
+    assert DDIMScheduler.from_config(ours.config, beta_end=0.5).config.beta_end == 0.5  # the way to change it
+    for twin in (copy.copy(ours.config), copy.deepcopy(ours.config), pickle.loads(pickle.dumps(ours.config))):
+        assert twin == ours.config and type(twin) is type(ours.config)
+
+
+@pytest.mark.parametrize("cls, ref_cls", PAIRS)
+def test_save_and_load_folders_with_diffusers(cls, ref_cls, tmp_path):
+    config = dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", clip_sample=False)
+    ours = cls(**config)
+    path = ours.save_pretrained(tmp_path / "ours")
+    assert (
+        path == tmp_path / "ours" / CONFIG_NAME
+        and json.loads(path.read_text())["_class_name"] == cls.__name__
+    )
+    ref = ref_cls.from_pretrained(tmp_path / "ours")
+    assert {key: ref.config[key] for key in ours.config} == dict(ours.config)
+    ref.save_pretrained(tmp_path / "pipe" / "scheduler")
+    assert sorted(p.name for p in (tmp_path / "pipe" / "scheduler").iterdir()) == [CONFIG_NAME]
+    back = cls.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    assert back.config == ours.config
+    for a, b in [(ours, ref), (back, ref)]:
+        a.set_timesteps(12)
+        b.set_timesteps(12)
+        np.testing.assert_array_equal(a.timesteps, b.timesteps.numpy())
+        np.testing.assert_array_equal(a.alphas_cumprod, b.alphas_cumprod.numpy())
+    assert cls.from_pretrained(tmp_path / "ours", beta_schedule="linear").config.beta_schedule == "linear"
+    ours.save_config(tmp_path / "again")  # diffusers' other name for it
+    assert (tmp_path / "again" / CONFIG_NAME).read_text() == path.read_text()
+    # trained betas (a numpy array) are written as a JSON list, as diffusers writes them
+    trained = cls(num_train_timesteps=20, trained_betas=np.linspace(0.001, 0.02, 20))
+    ref = ref_cls.from_pretrained(trained.save_pretrained(tmp_path / "trained").parent)
+    np.testing.assert_allclose(trained.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=1e-6)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no {CONFIG_NAME} in .*does not download"):
+        DDIMScheduler.from_pretrained("runwayml/stable-diffusion-v1-5", subfolder="scheduler")
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        DDIMScheduler.from_pretrained(tmp_path)
+
+
+def test_stable_diffusion_pipeline_gives_the_same_latents_with_minisd_scheduler():
+    """diffusers' own StableDiffusionPipeline loop, once with diffusers' DDIMScheduler and once with minisd's:
+    init_noise_sigma, set_timesteps(device=...), scale_model_input, order, step(eta, generator)[0], and the
+    pipeline's own config update (steps_offset -> 1, clip_sample -> False through ``_internal_dict``)."""
+    pytest.importorskip("transformers", reason="StableDiffusionPipeline needs transformers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    ).eval()
+    config = dict(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )  # steps_offset 0, clip on
+
+    def sample(scheduler):
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=None,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(1)
+        prompt, negative = torch.randn(2, 2, 5, 16, generator=g)
+        latents = torch.randn(2, 3, 8, 8, generator=g)
+        with torch.no_grad():
+            images = pipe(
+                prompt_embeds=prompt,
+                negative_prompt_embeds=negative,
+                latents=latents,
+                height=64,  # 8 latent pixels: without a VAE the pipeline assumes its 8x downscale
+                width=64,
+                num_inference_steps=7,
+                guidance_scale=3.0,
+                eta=0.5,
+                generator=torch.Generator().manual_seed(2),
+                output_type="latent",
+            ).images
+        return images, pipe.scheduler
+
+    with pytest.warns(FutureWarning, match="steps_offset"):
+        expected, ref = sample(diffusers.DDIMScheduler(**config))
+    with pytest.warns(FutureWarning, match="steps_offset"):
+        got, ours = sample(DDIMScheduler(**config))
+    assert isinstance(ours, DDIMScheduler)
+    assert (ours.config.steps_offset, ours.config.clip_sample) == (
+        ref.config.steps_offset,
+        ref.config.clip_sample,
+    )
+    assert ours.config.steps_offset == 1  # the pipeline's update reached minisd's scheduler
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    assert_close(got, expected, "StableDiffusionPipeline latents", amplification=10)

@@ -1,4 +1,4 @@
-"""minisd.text: word tokenizer, padding, the unconditional prompt and clear errors."""
+"""minisd.text: the prompt sentence, the word tokenizer, padding, the unconditional prompt and clear errors."""
 
 import numpy as np
 import pytest
@@ -53,3 +53,61 @@ def test_too_long_prompt_is_refused():
 def test_non_string_prompt_is_refused():
     with pytest.raises(TypeError, match="expected a str"):
         text.tokenize([3])
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "a orange star on a blue background",
+        "An orange star on a blue background.",
+        "an orange star on an blue background!",
+        "  A ORANGE\tStar on a  Blue background \n",
+        "a orange star on a blue background .",
+    ],
+)
+def test_the_obvious_variants_are_accepted(typed):
+    canonical = "a orange star on a blue background"
+    assert text.check_prompt(typed) == canonical
+    np.testing.assert_array_equal(text.tokenize(typed), text.tokenize(canonical))
+
+
+@pytest.mark.parametrize(
+    "prompt,problem",
+    [
+        ("red circle", "does not follow minisd's sentence"),
+        ("star heart", "does not follow minisd's sentence"),
+        ("a red circle", "does not follow minisd's sentence"),
+        ("a circle red on a blue background", "does not follow minisd's sentence"),
+        ("a red circle on a blue background background", "does not follow minisd's sentence"),
+        ("", "is empty"),
+        ("   ", "is empty"),
+    ],
+)
+def test_prompts_outside_the_sentence_are_refused_with_the_grammar_and_why(prompt, problem):
+    with pytest.raises(ValueError) as err:
+        text.check_prompt(prompt)
+    message = str(err.value)
+    assert f"prompt {prompt!r} {problem}" in message
+    assert "a COLOR SHAPE on a COLOR background" in message and "trained on this one sentence only" in message
+    assert all(word in message for word in [*data.COLORS, *data.SHAPES])
+
+
+def test_a_shape_on_its_own_colour_is_refused():
+    with pytest.raises(
+        ValueError, match="puts a red shape on a red background: choose two different colours"
+    ):
+        text.check_prompt("a red circle on a red background")
+
+
+def test_check_prompt_names_an_unknown_word():
+    with pytest.raises(ValueError, match="unknown word 'pink'"):
+        text.check_prompt("a pink circle on a blue background")
+    with pytest.raises(ValueError, match="unknown word '<pad>'"):
+        text.check_prompt("a <pad> circle on a blue background")
+    with pytest.raises(TypeError, match="a prompt is a str"):
+        text.check_prompt(None)
+
+
+def test_every_training_prompt_follows_the_sentence():
+    _, prompts = data.make_batch(200, np.random.default_rng(0))
+    assert [text.check_prompt(p) for p in prompts] == prompts

@@ -1,13 +1,16 @@
 """minisd.weights: a round trip keeps every tensor, and every kind of bad file gets a clear WeightsError."""
 
 import json
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from minisd import weights
+from minisd import architecture, weights
 from minisd.model import MiniSD
 
 
@@ -160,3 +163,195 @@ def weights_vocab():
     from minisd.text import VOCAB
 
     return VOCAB
+
+
+# ---------------------------------------------- files that are not what they claim: one clear WeightsError each
+
+
+def _load_in_thread(path):
+    """weights.load(path) -> the exception it raised; a load that blocks (a FIFO, /dev/zero) fails the test
+    instead of hanging the run (a daemon thread: a blocked read cannot be interrupted)."""
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            weights.load(path)
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001  (the test inspects what was raised)
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)  # a hang guard, not a speed budget
+    assert outcome, f"weights.load({path}) hung"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path, kind):
+    path = tmp_path / "minisd.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+        expected = "is a named pipe (FIFO)"
+    else:
+        path.symlink_to("/dev/zero")
+        expected = "is a character device (a link to /dev/zero)"
+    err = _load_in_thread(path)
+    assert isinstance(err, weights.WeightsError) and expected in str(err), err
+
+
+def test_an_empty_path_is_refused_not_the_default(tmp_path):
+    with pytest.raises(weights.WeightsError, match="the weights path is empty"):
+        weights.load("")
+
+
+def test_an_empty_file(tmp_path):
+    path = tmp_path / "minisd.safetensors"
+    path.touch()
+    with pytest.raises(weights.WeightsError, match=r"is empty \(0 bytes\)"):
+        weights.load(path)
+
+
+def test_bfloat16_weights_say_what_to_do(model, tmp_path):
+    from safetensors.torch import save_file as save_torch
+
+    path = tmp_path / "bf16.safetensors"
+    metadata = {
+        "format": weights.FORMAT,
+        "config": json.dumps(model.config),
+        "vocab": json.dumps(weights_vocab()),
+    }
+    save_torch({k: v.bfloat16() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
+    weights.checksum_path(path).write_text(f"{weights.sha256_of(path)}  {path.name}\n")
+    with pytest.raises(
+        weights.WeightsError, match=r"is bfloat16; minisd weights are float16 or float32\. Convert"
+    ):
+        weights.load(path)
+
+
+def test_checksum_that_is_a_folder(saved):
+    sums = weights.checksum_path(saved)
+    sums.unlink()
+    sums.mkdir()
+    with pytest.raises(weights.WeightsError, match=r"\.sha256 is a folder, not a checksum file"):
+        weights.load(saved)
+
+
+def test_checksum_that_is_binary(saved):
+    weights.checksum_path(saved).write_bytes(bytes(range(256)) * 100)
+    with pytest.raises(weights.WeightsError, match="does not start with a 64-digit hex sha256"):
+        weights.load(saved)
+
+
+def test_upper_case_checksum_is_accepted_as_sha256sum_does(saved):
+    sums = weights.checksum_path(saved)
+    digest, name = sums.read_text().split()
+    sums.write_text(f"{digest.upper()}  {name}\n")
+    weights.load(saved)
+    if shutil.which("sha256sum"):  # the tool the format comes from agrees
+        check = subprocess.run(["sha256sum", "-c", sums.name], cwd=saved.parent, capture_output=True)
+        assert check.returncode == 0, check.stderr
+    sums.write_text(digest.upper())  # a bare digest, no name: still the first word of the first line
+    weights.load(saved)
+
+
+def _with_config(saved, model, change):
+    config = model.config | {"unet": dict(model.config["unet"]), "scheduler": dict(model.config["scheduler"])}
+    change(config)
+    meta = {"format": weights.FORMAT, "config": json.dumps(config), "vocab": json.dumps(weights_vocab())}
+    _rewrite(saved, metadata=meta)
+    return saved
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c: c.pop("scheduler"), "has no 'scheduler' section"),
+        (
+            lambda c: c["unet"].update(block_out_channels="32"),
+            "block_out_channels '32', not a list of positive ints",
+        ),
+        (lambda c: c["unet"].update(block_out_channels=[]), r"block_out_channels \[\], not a list"),
+        (lambda c: c["unet"].update(block_out_channels=[32, -64, 128]), r"\[32, -64, 128\], not a list"),
+        (lambda c: c["unet"].update(block_out_channels=[32, 64]), "down_block_types .* one entry per"),
+        (
+            lambda c: c["scheduler"].update(clip_sample_range=0),
+            "clip_sample_range 0: x0 clipping needs a range > 0",
+        ),
+        (lambda c: c["scheduler"].update(num_train_timesteps=0), "num_train_timesteps 0, not a positive int"),
+        (lambda c: c["scheduler"].update(beta_schedule="cosine"), "scheduler minisd cannot build"),
+    ],
+    ids=[
+        "no-scheduler",
+        "channels-str",
+        "channels-empty",
+        "channels-negative",
+        "channels-short",
+        "clip-0",
+        "timesteps-0",
+        "beta-schedule",
+    ],
+)
+def test_malformed_config_is_refused_before_the_model_is_built(saved, model, change, message):
+    _with_config(saved, model, change)
+    for read in (weights.load, weights.peek_config):
+        with pytest.raises(weights.WeightsError, match=f"does not describe a minisd model: it .*{message}"):
+            read(saved)
+
+
+def test_peek_config_reads_the_header_only(saved, model):
+    raw = bytearray(saved.read_bytes())
+    raw[-100] ^= 0xFF  # a tensor byte: load refuses the checksum, the header is still fine
+    saved.write_bytes(bytes(raw))
+    assert weights.peek_config(saved)["scheduler"] == model.config["scheduler"]
+
+
+@pytest.mark.parametrize("make", ["default", "ragged"])
+def test_the_loader_checks_shapes_against_the_model_it_describes(make):
+    """Drift guard: the loader checks shapes from minisd.architecture (no torch), the torch model builds
+    from the same description; both must name the same keys with the same shapes."""
+    config = architecture.default_config()
+    if make == "ragged":
+        config["unet"].update(
+            block_out_channels=[16, 32, 48], layers_per_block=2, attention_head_dim=[1, 2, 3]
+        )
+        config["text_encoder"].update(num_layers=3, intermediate_size=40)
+    torch_shapes = {k: tuple(v.shape) for k, v in MiniSD(config).state_dict().items()}
+    assert weights.expected_shapes(config) == torch_shapes
+
+
+def test_a_minisd_1_file_still_loads(model, tmp_path):
+    """minisd-1 stored minisd's own config (head width 32, time_proj_dim, no timestep spacing)."""
+    old = {
+        "text_encoder": model.config["text_encoder"],
+        "unet": {
+            k: v
+            for k, v in model.config["unet"].items()
+            if k not in ("mid_block_type", "use_linear_projection")
+        }
+        | {"attention_head_dim": 32, "time_proj_dim": 32},
+        "scheduler": {
+            "num_train_timesteps": 1000,
+            "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "epsilon",
+            "clip_sample": True,
+        },
+    }
+    path = weights.save(model.state_dict(), model.config, tmp_path / "old.safetensors", dtype="float32")
+    _rewrite(
+        path, metadata={"format": "minisd-1", "config": json.dumps(old), "vocab": json.dumps(weights_vocab())}
+    )
+    _, config = weights.load(path)
+    assert {k: v for k, v in config.items() if k != "vocab"} == model.config
+
+
+def test_loading_does_not_import_torch(saved):
+    import subprocess
+    import sys
+
+    code = f"import sys; from minisd import weights; weights.load({str(saved)!r}); assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,8 +1,16 @@
-"""minisd's ops: torch.nn.functional-like, NCHW float32, each on the backend of your choice.
+"""minisd's ops: torch.nn.functional-like, NCHW float32, on the backend of your choice.
 
-Every op takes ``backend=None`` ("numpy" | "numba" | "cupy"; None means ``minisd.mode.default_backend()``).
+    ops = Ops("numpy")                           # or "numba", "cupy"; Ops() picks the fastest one here
+    y = ops.conv2d(x, weight, bias, padding=1)
 
-Where results live: the result has the kind of the op's first array argument.
+``Ops`` is the one way in. Each method checks its arrays once (dtype, layout, shapes: a clear TypeError or
+ValueError naming the argument otherwise), allocates the output, and calls the backend's function of the
+same name in ``ops.kernels``: minisd/ops/numpy_ops.py, minisd/ops/numba/__init__.py or minisd/ops/cupy_ops.py.
+Every backend function has one calling convention: the arrays and parameters in the method's order, then
+``out=`` (allocated here, C-contiguous float32, the right shape), which it fills and returns. So a backend
+only computes; it checks nothing.
+
+Where results live: the result has the kind of the method's first array argument.
 
 * numpy in -> numpy out, on every backend (a device backend copies in, computes, copies back).
 * Device arrays stay on the device: Numba device array -> Numba device array, CuPy -> CuPy, torch CUDA
@@ -10,23 +18,18 @@ Where results live: the result has the kind of the op's first array argument.
   upload weights once with ``to_device``; a numpy weight is copied on every call).
 * The numpy backend takes numpy arrays only: call ``to_numpy`` first.
 
-Rules checked before any work (a clear ``TypeError``/``ValueError`` naming the argument otherwise):
+Rules checked before any work:
 
 * Arrays must be float32. float64 (and every other dtype) is REJECTED, not converted: a silent
   conversion would hide a doubled memory footprint or a precision expectation the op does not meet.
   Convert explicitly with ``x.astype(np.float32)``. (timestep_embedding's timesteps may be any number type.)
 * numpy inputs may be strided (they are made contiguous); device inputs must be C-contiguous.
-* Shapes must agree as each op documents (channels, groups dividing channels, head dims, ...).
+* Shapes must agree as each method documents (channels, groups dividing channels, head dims, ...).
 
 Numba specifics: ``set_stream(s)`` makes later Numba launches use ``s`` (a CuPy or torch stream, a Numba
 stream or a raw cudaStream_t), e.g. to capture them in a CUDA graph. Numba does not synchronize with the
 stream a CuPy/torch array was produced on: launch on that stream. The CuPy backend uses CuPy's current
-stream (``with stream:``).
-
-Backend contract: numpy_ops, numba (plus ``out=``) and cupy_ops have the public functions with the public
-signatures minus ``backend`` (and ``scheduler_step(sample, eps, noise, coef, clip)`` for both scheduler
-steps, ``coef`` from ``step_coefficients``). This module has already validated the arrays and made them the
-backend's own C-contiguous float32 arrays; the backends return theirs.
+stream (``with stream:``) and, inside ``cupy.cuda.using_allocator``, allocates from that pool.
 """
 
 import math
@@ -35,35 +38,10 @@ import numbers
 import numpy as np
 
 import minisd.mode as mode
-from minisd.ops import numpy_ops
+from minisd import schedulers
+from minisd.ops import numpy_ops, rng
 
-__all__ = [
-    "add",
-    "attention",
-    "cfg_combine",
-    "concat_channels",
-    "conv2d",
-    "ddim_step",
-    "ddpm_step",
-    "from_tokens",
-    "gelu",
-    "geglu",
-    "get_stream",
-    "group_norm",
-    "layer_norm",
-    "linear",
-    "randn",
-    "scale_add",
-    "set_stream",
-    "silu",
-    "softmax",
-    "step_coefficients",
-    "timestep_embedding",
-    "to_device",
-    "to_numpy",
-    "to_tokens",
-    "upsample_nearest2x",
-]
+__all__ = ["Ops", "get_stream", "set_stream", "to_device", "to_numpy"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,10 +64,10 @@ def _kind(x, name="x"):
     raise TypeError(f"{name} must be a numpy array or a CUDA device array, got {type(x).__name__}")
 
 
-def _numba_backend():
-    from minisd.ops import numba as nb  # imported lazily: numba.cuda is slow to import and not always needed
+def _numba():
+    from minisd.ops import numba  # imported lazily: numba.cuda is slow to import and not always needed
 
-    return nb
+    return numba
 
 
 def _cupy():
@@ -102,8 +80,6 @@ def _as_numba(x):
     """A Numba view of a device array (zero copy), or a copy of a numpy array on the device."""
     from numba import cuda
 
-    from minisd.ops.numba.common import get_stream
-
     kind = _kind(x)
     if kind == "numpy":
         return cuda.to_device(np.ascontiguousarray(x), stream=get_stream())
@@ -114,7 +90,12 @@ def _as_numba(x):
 
 def to_device(x, backend=None):
     """``x`` on ``backend``'s device: a Numba device array ("numba"), a CuPy array ("cupy"); numpy stays."""
-    backend = _backend(backend)
+    backend = mode.default_backend() if backend is None else backend
+    mode.check_backend(backend)
+    return _to_device(x, backend)
+
+
+def _to_device(x, backend):
     if backend == "numpy":
         return to_numpy(x)
     if backend == "cupy":
@@ -136,21 +117,11 @@ def to_numpy(x):
 
 def set_stream(stream):
     """Launch later Numba kernels on ``stream`` (None = default); returns the previous one."""
-    return _numba_backend().set_stream(stream)
+    return _numba().set_stream(stream)
 
 
 def get_stream():
-    return _numba_backend().get_stream()
-
-
-# ---------------------------------------------------------------------------------------------------
-# one op call: backend, validation, conversion in and out
-
-
-def _backend(backend):
-    backend = mode.default_backend() if backend is None else backend
-    mode.check_backend(backend)
-    return backend
+    return _numba().get_stream()
 
 
 def _dtype_name(x):
@@ -166,10 +137,10 @@ def _contiguous(x, kind):
 
 
 class _Call:
-    """Checks and converts the arrays of one op call, allocates its output, converts the result back."""
+    """One op call: checks and converts its arrays, allocates its output, converts the result back."""
 
-    def __init__(self, backend, first, name, kind=None):
-        self.backend = _backend(backend)
+    def __init__(self, ops, first, name, kind=None):
+        self.backend = ops.backend
         self.first = first
         self.kind = kind or _kind(first, name)  # the result will be of this kind
         if self.backend == "numpy" and self.kind != "numpy":
@@ -196,6 +167,10 @@ class _Call:
         if ndim is not None and len(x.shape) not in np.atleast_1d(ndim):
             want = " or ".join(f"{d}-D" for d in np.atleast_1d(ndim))
             raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+        if self.backend == "cupy" and math.prod(x.shape) >= 2**31:
+            raise ValueError(
+                f"{name} has {math.prod(x.shape)} elements; CuPy's kernels index with 32-bit ints"
+            )
         if kind == "numpy":
             x = np.ascontiguousarray(x)
         elif not _contiguous(x, kind):
@@ -208,15 +183,20 @@ class _Call:
             return _cupy().asarray(x)
         return x
 
-    def run(self, op, shape, *args, **kwargs):
-        """Run ``op`` on the backend; ``shape`` is the output shape (the numba backend writes into it)."""
+    def run(self, kernel, shape, *args, **kwargs):
+        """``kernel(*args, **kwargs, out=out)`` into a fresh ``out`` of ``shape``; the result of our kind."""
+        shape = tuple(int(s) for s in shape)
         if self.backend == "numpy":
-            return getattr(numpy_ops, op)(*args, **kwargs)
+            out = np.empty(shape, np.float32)
+            return kernel(*args, **kwargs, out=out) if out.size else out
         if self.backend == "cupy":
-            return self._from_cupy(_cupy_op(op)(*args, **kwargs))
-        out, result = self._alloc(tuple(int(s) for s in shape))
+            out = _cupy().empty(shape, np.float32)
+            if out.size:
+                kernel(*args, **kwargs, out=out)
+            return self._from_cupy(out)
+        out, result = self._alloc(shape)
         if math.prod(shape) > 0:
-            getattr(_numba_backend(), op)(*args, out=out, **kwargs)
+            kernel(*args, **kwargs, out=out)
         if self.kind == "numpy":
             host = out.copy_to_host(stream=get_stream())
             if get_stream():
@@ -255,14 +235,6 @@ class _Call:
         return cuda.as_cuda_array(out, sync=False)
 
 
-def _cupy_op(op):
-    from minisd.ops import cupy_ops
-
-    if not hasattr(cupy_ops, op):
-        raise NotImplementedError(f"the cupy backend has no {op}() yet")
-    return getattr(cupy_ops, op)
-
-
 def _int(name, v, lo):
     if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -282,307 +254,330 @@ def _vector(name, v, n, what):
         raise ValueError(f"{name} must have shape ({n},) ({what}), got {tuple(v.shape)}")
 
 
+def _residual(residual, shape):
+    if residual is not None and tuple(residual.shape) != tuple(shape):
+        raise ValueError(f"residual must have the output's shape {tuple(shape)}, got {tuple(residual.shape)}")
+
+
+def kernels_of(backend):
+    """The module holding ``backend``'s kernels (imported on first use)."""
+    if backend == "numpy":
+        return numpy_ops
+    if backend == "numba":
+        return _numba()
+    from minisd.ops import cupy_ops
+
+    return cupy_ops
+
+
 # ---------------------------------------------------------------------------------------------------
 # the ops
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, backend=None):
-    """2-D convolution (cross-correlation, like torch): x (N,C,H,W), weight (O,C,kh,kw), bias (O,)."""
-    call = _Call(backend, x, "x")
-    x, weight = call.arr("x", x, 4), call.arr("weight", weight, 4)
-    bias = call.arr("bias", bias, 1)
-    stride, padding = _int("stride", stride, 1), _int("padding", padding, 0)
-    n, c, h, w = x.shape
-    o, wc, kh, kw = weight.shape
-    if wc != c:
-        raise ValueError(f"weight expects {wc} input channels (shape {tuple(weight.shape)}), but x has {c}")
-    _vector("bias", bias, o, "one per output channel")
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"kernel {kh}x{kw} is larger than the padded input {h + 2 * padding}x{w + 2 * padding}"
-        )
-    return call.run("conv2d", (n, o, ho, wo), x, weight, bias, stride, padding)
+class Ops:
+    """minisd's ops on one backend ("numpy" | "numba" | "cupy"; None: ``minisd.mode.default_backend()``).
 
-
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, backend=None):
-    """GroupNorm over (N, C, *) with per-channel affine; ``silu=True`` fuses the SiLU after it."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x, (2, 3, 4))
-    weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
-    num_groups = _int("num_groups", num_groups, 1)
-    c = x.shape[1]
-    if c % num_groups:
-        raise ValueError(f"num_groups={num_groups} must divide the number of channels C={c}")
-    _vector("weight", weight, c, "one per channel")
-    _vector("bias", bias, c, "one per channel")
-    return call.run("group_norm", x.shape, x, num_groups, weight, bias, np.float32(eps), bool(silu))
-
-
-def layer_norm(x, weight=None, bias=None, eps=1e-5, backend=None):
-    """LayerNorm over the last axis."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x)
-    weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
-    if len(x.shape) < 1:
-        raise ValueError("x must have at least one axis")
-    _vector("weight", weight, tuple(x.shape)[-1], "the size of x's last axis")
-    _vector("bias", bias, tuple(x.shape)[-1], "the size of x's last axis")
-    return call.run("layer_norm", x.shape, x, weight, bias, np.float32(eps))
-
-
-def linear(x, weight, bias=None, backend=None):
-    """x (..., in) @ weight (out, in)^T + bias (out,)."""
-    call = _Call(backend, x, "x")
-    x, weight = call.arr("x", x), call.arr("weight", weight, 2)
-    bias = call.arr("bias", bias, 1)
-    if len(x.shape) < 1 or tuple(x.shape)[-1] != weight.shape[1]:
-        raise ValueError(
-            f"x's last axis must match weight's in_features: x {tuple(x.shape)}, weight {tuple(weight.shape)}"
-        )
-    _vector("bias", bias, weight.shape[0], "out_features")
-    return call.run("linear", (*tuple(x.shape)[:-1], weight.shape[0]), x, weight, bias)
-
-
-def silu(x, backend=None):
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x)
-    return call.run("silu", x.shape, x)
-
-
-def gelu(x, backend=None):
-    """Exact (erf) GELU."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x)
-    return call.run("gelu", x.shape, x)
-
-
-def geglu(x, backend=None):
-    """a * gelu(b) where a, b = the two halves of the last axis (diffusers' GEGLU after its projection)."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x)
-    if len(x.shape) < 1 or tuple(x.shape)[-1] % 2:
-        raise ValueError(
-            f"geglu splits the last axis in two halves: it must be even, got shape {tuple(x.shape)}"
-        )
-    return call.run("geglu", (*tuple(x.shape)[:-1], tuple(x.shape)[-1] // 2), x)
-
-
-def softmax(x, backend=None):
-    """Softmax over the last axis, numerically stable."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x)
-    if len(x.shape) < 1 or tuple(x.shape)[-1] < 1:
-        raise ValueError(f"softmax needs a non-empty last axis, got shape {tuple(x.shape)}")
-    return call.run("softmax", x.shape, x)
-
-
-def attention(q, k, v, heads=None, scale=None, backend=None):
-    """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
-
-    Lk may differ from Lq (cross-attention). scale defaults to 1/sqrt(D).
+    ``kernels`` replaces the backend's kernel module (see minisd/lesson_kernels.py, which runs a lesson's
+    functions this way); it must follow the backend convention above.
     """
-    call = _Call(backend, q, "q")
-    q, k, v = call.arr("q", q, (3, 4)), call.arr("k", k, (3, 4)), call.arr("v", v, (3, 4))
-    if not (len(q.shape) == len(k.shape) == len(v.shape)):
-        raise ValueError(
-            f"q, k, v must have the same ndim, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if len(q.shape) == 4:
-        if heads is not None and heads != q.shape[1]:
-            raise ValueError(f"heads={heads} but q has {q.shape[1]} heads (shape {tuple(q.shape)})")
-        if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1]:
-            raise ValueError(f"q and k must agree on (batch, heads): {tuple(q.shape)} vs {tuple(k.shape)}")
-        if q.shape[3] != k.shape[3]:
-            raise ValueError(f"q and k must have the same head dim: q {q.shape[3]}, k {k.shape[3]}")
-        d, heads = q.shape[3], None
-    else:
-        if heads is None:
-            raise ValueError("3-D (B, L, H*D) inputs need heads=H")
-        heads = _int("heads", heads, 1)
-        if q.shape[0] != k.shape[0]:
-            raise ValueError(f"q and k must have the same batch size: {q.shape[0]} vs {k.shape[0]}")
-        if q.shape[2] != k.shape[2]:
+
+    def __init__(self, backend=None, kernels=None):
+        self.backend = mode.default_backend() if backend is None else backend
+        mode.check_backend(self.backend)  # once: every call below trusts it
+        self.kernels = kernels if kernels is not None else kernels_of(self.backend)
+
+    def __repr__(self):
+        return f"Ops({self.backend!r})"
+
+    def _call(self, first, name, kind=None):
+        return _Call(self, first, name, kind)
+
+    def to_device(self, x):
+        """A host (numpy) array where this backend wants its arrays."""
+        return _to_device(x, self.backend)
+
+    @staticmethod
+    def to_numpy(x):
+        return to_numpy(x)
+
+    # -------------------------------------------------------------------------------- matrix products
+
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+        """2-D convolution (cross-correlation, like torch): x (N,C,H,W), weight (O,C,kh,kw), bias (O,);
+        ``residual`` (the output's shape) is added to the result (fused into the CuPy kernel's epilogue)."""
+        call = self._call(x, "x")
+        x, weight = call.arr("x", x, 4), call.arr("weight", weight, 4)
+        bias, residual = call.arr("bias", bias, 1), call.arr("residual", residual, 4)
+        stride, padding = _int("stride", stride, 1), _int("padding", padding, 0)
+        n, c, h, w = x.shape
+        o, wc, kh, kw = weight.shape
+        if wc != c:
             raise ValueError(
-                f"q and k must have the same H*D (head dim mismatch): q {q.shape[2]}, k {k.shape[2]}"
+                f"weight expects {wc} input channels (shape {tuple(weight.shape)}), but x has {c}"
             )
-        if q.shape[2] % heads:
-            raise ValueError(f"heads={heads} must divide q's last axis {q.shape[2]}")
-        d = q.shape[2] // heads
-    scale = np.float32(1.0 / math.sqrt(d) if scale is None else scale)
-    return call.run("attention", q.shape, q, k, v, heads, scale)
+        _vector("bias", bias, o, "one per output channel")
+        ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"kernel {kh}x{kw} is larger than the padded input {h + 2 * padding}x{w + 2 * padding}"
+            )
+        _residual(residual, (n, o, ho, wo))
+        return call.run(self.kernels.conv2d, (n, o, ho, wo), x, weight, bias, stride, padding, residual)
 
+    def linear(self, x, weight, bias=None, residual=None):
+        """x (..., in) @ weight (out, in)^T + bias (out,), + ``residual`` (the output's shape)."""
+        call = self._call(x, "x")
+        x, weight = call.arr("x", x), call.arr("weight", weight, 2)
+        bias, residual = call.arr("bias", bias, 1), call.arr("residual", residual)
+        if len(x.shape) < 1 or tuple(x.shape)[-1] != weight.shape[1]:
+            raise ValueError(
+                f"x's last axis must match weight's in_features: x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+            )
+        _vector("bias", bias, weight.shape[0], "out_features")
+        shape = (*tuple(x.shape)[:-1], weight.shape[0])
+        _residual(residual, shape)
+        return call.run(self.kernels.linear, shape, x, weight, bias, residual)
 
-def upsample_nearest2x(x, backend=None):
-    """Nearest-neighbour x2 upsampling of (N,C,H,W)."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x, 4)
-    n, c, h, w = x.shape
-    return call.run("upsample_nearest2x", (n, c, 2 * h, 2 * w), x)
+    def attention(self, q, k, v, heads=None, scale=None):
+        """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
 
+        Lk may differ from Lq (cross-attention). scale defaults to 1/sqrt(D).
+        """
+        call = self._call(q, "q")
+        q, k, v = call.arr("q", q, (3, 4)), call.arr("k", k, (3, 4)), call.arr("v", v, (3, 4))
+        if not (len(q.shape) == len(k.shape) == len(v.shape)):
+            raise ValueError(
+                f"q, k, v must have the same ndim, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        if tuple(k.shape) != tuple(v.shape):
+            raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        if len(q.shape) == 4:
+            if heads is not None and heads != q.shape[1]:
+                raise ValueError(f"heads={heads} but q has {q.shape[1]} heads (shape {tuple(q.shape)})")
+            if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1]:
+                raise ValueError(
+                    f"q and k must agree on (batch, heads): {tuple(q.shape)} vs {tuple(k.shape)}"
+                )
+            if q.shape[3] != k.shape[3]:
+                raise ValueError(f"q and k must have the same head dim: q {q.shape[3]}, k {k.shape[3]}")
+            d, heads = q.shape[3], None
+        else:
+            if heads is None:
+                raise ValueError("3-D (B, L, H*D) inputs need heads=H")
+            heads = _int("heads", heads, 1)
+            if q.shape[0] != k.shape[0]:
+                raise ValueError(f"q and k must have the same batch size: {q.shape[0]} vs {k.shape[0]}")
+            if q.shape[2] != k.shape[2]:
+                raise ValueError(
+                    f"q and k must have the same H*D (head dim mismatch): q {q.shape[2]}, k {k.shape[2]}"
+                )
+            if q.shape[2] % heads:
+                raise ValueError(f"heads={heads} must divide q's last axis {q.shape[2]}")
+            d = q.shape[2] // heads
+        if tuple(q.shape)[-2] and not tuple(k.shape)[-2]:
+            raise ValueError("k and v have no keys (Lk = 0)")
+        scale = np.float32(1.0 / math.sqrt(d) if scale is None else scale)
+        return call.run(self.kernels.attention, q.shape, q, k, v, heads, scale)
 
-def concat_channels(a, b, backend=None):
-    """torch.cat([a, b], dim=1) for (N,C,H,W) arrays."""
-    call = _Call(backend, a, "a")
-    a, b = call.arr("a", a, 4), call.arr("b", b, 4)
-    if tuple(a.shape[:1] + a.shape[2:]) != tuple(b.shape[:1] + b.shape[2:]):
-        raise ValueError(
-            f"a and b must agree on N, H, W to concatenate channels: {tuple(a.shape)} vs {tuple(b.shape)}"
+    # ------------------------------------------------------------------------ normalisations, softmax
+
+    def group_norm(self, x, num_groups, weight=None, bias=None, eps=1e-5, silu=False):
+        """GroupNorm over (N, C, *) with per-channel affine; ``silu=True`` fuses the SiLU after it."""
+        call = self._call(x, "x")
+        x = call.arr("x", x, (2, 3, 4))
+        weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
+        num_groups = _int("num_groups", num_groups, 1)
+        c = x.shape[1]
+        if c % num_groups:
+            raise ValueError(f"num_groups={num_groups} must divide the number of channels C={c}")
+        _vector("weight", weight, c, "one per channel")
+        _vector("bias", bias, c, "one per channel")
+        args = (x, num_groups, weight, bias, np.float32(eps), bool(silu))
+        return call.run(self.kernels.group_norm, x.shape, *args)
+
+    def layer_norm(self, x, weight=None, bias=None, eps=1e-5):
+        """LayerNorm over the last axis."""
+        call = self._call(x, "x")
+        x = call.arr("x", x)
+        weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
+        if len(x.shape) < 1:
+            raise ValueError("x must have at least one axis")
+        _vector("weight", weight, tuple(x.shape)[-1], "the size of x's last axis")
+        _vector("bias", bias, tuple(x.shape)[-1], "the size of x's last axis")
+        return call.run(self.kernels.layer_norm, x.shape, x, weight, bias, np.float32(eps))
+
+    def softmax(self, x):
+        """Softmax over the last axis, numerically stable."""
+        call = self._call(x, "x")
+        x = call.arr("x", x)
+        if len(x.shape) < 1 or tuple(x.shape)[-1] < 1:
+            raise ValueError(f"softmax needs a non-empty last axis, got shape {tuple(x.shape)}")
+        return call.run(self.kernels.softmax, x.shape, x)
+
+    # ------------------------------------------------------------------------------------- pointwise
+
+    def silu(self, x):
+        call = self._call(x, "x")
+        x = call.arr("x", x)
+        return call.run(self.kernels.silu, x.shape, x)
+
+    def gelu(self, x):
+        """Exact (erf) GELU."""
+        call = self._call(x, "x")
+        x = call.arr("x", x)
+        return call.run(self.kernels.gelu, x.shape, x)
+
+    def geglu(self, x):
+        """a * gelu(b) where a, b = the two halves of the last axis (diffusers' GEGLU after its projection)."""
+        call = self._call(x, "x")
+        x = call.arr("x", x)
+        if len(x.shape) < 1 or tuple(x.shape)[-1] % 2:
+            raise ValueError(
+                f"geglu splits the last axis in two halves: it must be even, got shape {tuple(x.shape)}"
+            )
+        return call.run(self.kernels.geglu, (*tuple(x.shape)[:-1], tuple(x.shape)[-1] // 2), x)
+
+    def add(self, a, b):
+        """a + b, with b the same shape as a or (B, C) broadcast onto a (B, C, H, W)."""
+        call = self._call(a, "a")
+        a, b = call.arr("a", a), call.arr("b", b)
+        sa, sb = tuple(a.shape), tuple(b.shape)
+        if sb != sa and not (len(sa) == 4 and sb == sa[:2]):
+            raise ValueError(f"b must have a's shape {sa} or (B, C) = {sa[:2]} to broadcast, got {sb}")
+        return call.run(self.kernels.add, sa, a, b)
+
+    def scale_add(self, a, b, alpha=1.0, beta=1.0):
+        """alpha * a + beta * b (same shapes)."""
+        call = self._call(a, "a")
+        a, b = call.arr("a", a), call.arr("b", b)
+        _same_shape(("a", "b"), a, b)
+        return call.run(self.kernels.scale_add, a.shape, a, b, np.float32(alpha), np.float32(beta))
+
+    def cfg_combine(self, eps_uncond, eps_cond, guidance_scale):
+        """Classifier-free guidance: eps_uncond + g * (eps_cond - eps_uncond)."""
+        call = self._call(eps_uncond, "eps_uncond")
+        u, c = call.arr("eps_uncond", eps_uncond), call.arr("eps_cond", eps_cond)
+        _same_shape(("eps_uncond", "eps_cond"), u, c)
+        return call.run(self.kernels.cfg_combine, u.shape, u, c, np.float32(guidance_scale))
+
+    def timestep_embedding(self, timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0):
+        """Sinusoidal embedding (B,) -> (B, dim), as diffusers' get_timestep_embedding (odd dim: last column 0).
+
+        timesteps may be ints or floats (any dtype); a list or a scalar is taken as a numpy array.
+        """
+        if not hasattr(timesteps, "shape"):
+            timesteps = np.atleast_1d(np.asarray(timesteps))
+        call = self._call(timesteps, "timesteps")
+        t = call.arr("timesteps", timesteps, 1, any_number=True)
+        dim = _int("dim", dim, 1)
+        if dim // 2 - downscale_freq_shift == 0:
+            raise ValueError(f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero")
+        args = (t, dim, bool(flip_sin_to_cos), downscale_freq_shift)
+        return call.run(self.kernels.timestep_embedding, (t.shape[0], dim), *args)
+
+    # ------------------------------------------------------------------------------------ data layout
+
+    def upsample_nearest2x(self, x):
+        """Nearest-neighbour x2 upsampling of (N,C,H,W)."""
+        call = self._call(x, "x")
+        x = call.arr("x", x, 4)
+        n, c, h, w = x.shape
+        return call.run(self.kernels.upsample_nearest2x, (n, c, 2 * h, 2 * w), x)
+
+    def concat_channels(self, a, b):
+        """torch.cat([a, b], dim=1) for (N,C,H,W) arrays."""
+        call = self._call(a, "a")
+        a, b = call.arr("a", a, 4), call.arr("b", b, 4)
+        if tuple(a.shape[:1] + a.shape[2:]) != tuple(b.shape[:1] + b.shape[2:]):
+            raise ValueError(
+                f"a and b must agree on N, H, W to concatenate channels: {tuple(a.shape)} vs {tuple(b.shape)}"
+            )
+        n, ca, h, w = a.shape
+        return call.run(self.kernels.concat_channels, (n, ca + b.shape[1], h, w), a, b)
+
+    def concat_batch(self, a, b):
+        """torch.cat([a, b]) for two (N, C, H, W) arrays of one shape: one channel concat of (1, N*C, H, W)
+        views, so no op of its own."""
+        _same_shape(("a", "b"), a, b)
+        n, c, h, w = a.shape
+        both = self.concat_channels(a.reshape(1, n * c, h, w), b.reshape(1, n * c, h, w))
+        return both.reshape(2 * n, c, h, w)
+
+    def to_tokens(self, x):
+        """(B, C, H, W) -> (B, H*W, C)."""
+        call = self._call(x, "x")
+        x = call.arr("x", x, 4)
+        b, c, h, w = x.shape
+        return call.run(self.kernels.to_tokens, (b, h * w, c), x)
+
+    def from_tokens(self, x, h, w):
+        """(B, H*W, C) -> (B, C, H, W)."""
+        call = self._call(x, "x")
+        x = call.arr("x", x, 3)
+        h, w = _int("h", h, 1), _int("w", w, 1)
+        if x.shape[1] != h * w:
+            raise ValueError(f"x has {x.shape[1]} tokens, but h*w = {h}*{w} = {h * w}")
+        return call.run(self.kernels.from_tokens, (x.shape[0], x.shape[2], h, w), x, h, w)
+
+    # -------------------------------------------------------------------------------------- sampling
+
+    def scheduler_step(self, sample, eps, noise, coef, clip=None):
+        """One scheduler step in one pass: ``coef`` (minisd.schedulers.StepCoefficients) applied to
+        ``sample`` and the predicted ``eps`` (and ``noise``, if any), with x0 clipped to [-clip, clip]."""
+        call = self._call(sample, "sample")
+        s, e, z = call.arr("sample", sample), call.arr("eps", eps), call.arr("noise", noise)
+        _same_shape(("sample", "eps"), s, e)
+        if z is not None:
+            _same_shape(("sample", "noise"), s, z)
+        if not isinstance(coef, schedulers.StepCoefficients):
+            raise TypeError(f"coef must be a minisd.schedulers.StepCoefficients, got {type(coef).__name__}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip_range must be > 0, got {clip}")
+        clip = None if clip is None else float(clip)
+        return call.run(self.kernels.scheduler_step, s.shape, s, e, z, coef, clip)
+
+    def ddim_step(
+        self,
+        sample,
+        eps,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        eta=0.0,
+        noise=None,
+        clip_sample=True,
+        clip_range=1.0,
+    ):
+        """One DDIM step (diffusers' DDIMScheduler.step, epsilon prediction) -> prev_sample.
+
+        eta > 0 adds ``eta * sigma_t * noise`` and needs ``noise`` (e.g. from randn).
+        """
+        if eta > 0 and noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise (e.g. ops.randn(sample.shape, seed))")
+        coef = schedulers.ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, eta)
+        return self.scheduler_step(
+            sample, eps, noise if eta > 0 else None, coef, clip_range if clip_sample else None
         )
-    n, ca, h, w = a.shape
-    return call.run("concat_channels", (n, ca + b.shape[1], h, w), a, b)
 
+    def ddpm_step(
+        self, sample, eps, alpha_prod_t, alpha_prod_t_prev, noise=None, clip_sample=True, clip_range=1.0
+    ):
+        """One DDPM step (diffusers' DDPMScheduler.step, epsilon, "fixed_small" variance) -> prev_sample.
 
-def to_tokens(x, backend=None):
-    """(B, C, H, W) -> (B, H*W, C)."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x, 4)
-    b, c, h, w = x.shape
-    return call.run("to_tokens", (b, h * w, c), x)
+        Pass ``noise`` for every step but the last (t = 0), where diffusers adds none; alpha_prod_t_prev = 1
+        at t = 0.
+        """
+        coef = schedulers.ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev)
+        return self.scheduler_step(sample, eps, noise, coef, clip_range if clip_sample else None)
 
+    def randn(self, shape, seed, like=None):
+        """Standard normal float32 numbers from minisd's counter-based generator (see minisd.ops.rng).
 
-def from_tokens(x, h, w, backend=None):
-    """(B, H*W, C) -> (B, C, H, W)."""
-    call = _Call(backend, x, "x")
-    x = call.arr("x", x, 3)
-    h, w = _int("h", h, 1), _int("w", w, 1)
-    if x.shape[1] != h * w:
-        raise ValueError(f"x has {x.shape[1]} tokens, but h*w = {h}*{w} = {h * w}")
-    return call.run("from_tokens", (x.shape[0], x.shape[2], h, w), x, h, w)
-
-
-def add(a, b, backend=None):
-    """a + b, with b the same shape as a or (B, C) broadcast onto a (B, C, H, W)."""
-    call = _Call(backend, a, "a")
-    a, b = call.arr("a", a), call.arr("b", b)
-    sa, sb = tuple(a.shape), tuple(b.shape)
-    if sb != sa and not (len(sa) == 4 and sb == sa[:2]):
-        raise ValueError(f"b must have a's shape {sa} or (B, C) = {sa[:2]} to broadcast, got {sb}")
-    return call.run("add", sa, a, b)
-
-
-def scale_add(a, b, alpha=1.0, beta=1.0, backend=None):
-    """alpha * a + beta * b (same shapes)."""
-    call = _Call(backend, a, "a")
-    a, b = call.arr("a", a), call.arr("b", b)
-    _same_shape(("a", "b"), a, b)
-    return call.run("scale_add", a.shape, a, b, np.float32(alpha), np.float32(beta))
-
-
-def cfg_combine(eps_uncond, eps_cond, guidance_scale, backend=None):
-    """Classifier-free guidance: eps_uncond + g * (eps_cond - eps_uncond)."""
-    call = _Call(backend, eps_uncond, "eps_uncond")
-    u, c = call.arr("eps_uncond", eps_uncond), call.arr("eps_cond", eps_cond)
-    _same_shape(("eps_uncond", "eps_cond"), u, c)
-    return call.run("cfg_combine", u.shape, u, c, np.float32(guidance_scale))
-
-
-def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0, backend=None):
-    """Sinusoidal embedding (B,) -> (B, dim), as diffusers' get_timestep_embedding (odd dim: last column 0).
-
-    timesteps may be ints or floats (any dtype); a list or a scalar is taken as a numpy array.
-    """
-    if not hasattr(timesteps, "shape"):
-        timesteps = np.atleast_1d(np.asarray(timesteps))
-    call = _Call(backend, timesteps, "timesteps")
-    t = call.arr("timesteps", timesteps, 1, any_number=True)
-    dim = _int("dim", dim, 1)
-    half = dim // 2
-    if half - downscale_freq_shift == 0:
-        raise ValueError(f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero")
-    return call.run(
-        "timestep_embedding", (t.shape[0], dim), t, dim, bool(flip_sin_to_cos), downscale_freq_shift
-    )
-
-
-def step_coefficients(alpha_prod_t, alpha_prod_t_prev, kind, eta=0.0):
-    """The scalars of one scheduler step (float64, on the host), as diffusers computes them.
-
-    prev = c_x0 * clip(x0) + c_eps * eps + c_sample * sample + c_noise * noise,
-    x0 = (sample - sqrt_beta * eps) * inv_sqrt_alpha.
-    """
-    a, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
-    if not (0 < a <= 1 and 0 < ap <= 1):
-        raise ValueError(f"alpha_prod_t and alpha_prod_t_prev must be in (0, 1], got {a} and {ap}")
-    beta, beta_prev = 1.0 - a, 1.0 - ap
-    coef = {"sqrt_beta": math.sqrt(beta), "inv_sqrt_alpha": 1.0 / math.sqrt(a), "c_sample": 0.0}
-    if kind == "ddim":  # DDIM (Song et al.) eq. 12 with sigma_t(eta) of eq. 16
-        variance = (beta_prev / beta) * (1.0 - a / ap) if beta > 0 else 0.0
-        std = eta * math.sqrt(variance)
-        coef.update(c_x0=math.sqrt(ap), c_eps=math.sqrt(max(beta_prev - std**2, 0.0)), c_noise=std)
-    else:  # DDPM posterior mean, "fixed_small" variance
-        alpha_t = a / ap
-        coef.update(
-            c_x0=math.sqrt(ap) * (1.0 - alpha_t) / beta,
-            c_eps=0.0,
-            c_sample=math.sqrt(alpha_t) * beta_prev / beta,
-            c_noise=math.sqrt(max(beta_prev / beta * (1.0 - alpha_t), 1e-20)),
-        )
-    return coef
-
-
-def _step(sample, eps, noise, coef, clip_sample, clip_range, backend):
-    call = _Call(backend, sample, "sample")
-    s, e, z = call.arr("sample", sample), call.arr("eps", eps), call.arr("noise", noise)
-    _same_shape(("sample", "eps"), s, e)
-    if z is not None:
-        _same_shape(("sample", "noise"), s, z)
-    clip = float(clip_range) if clip_sample else None
-    if clip is not None and clip <= 0:
-        raise ValueError(f"clip_range must be > 0, got {clip_range}")
-    return call.run("scheduler_step", s.shape, s, e, z, coef, clip)  # one fused kernel for DDIM and DDPM
-
-
-def ddim_step(
-    sample,
-    eps,
-    alpha_prod_t,
-    alpha_prod_t_prev,
-    eta=0.0,
-    noise=None,
-    clip_sample=True,
-    clip_range=1.0,
-    backend=None,
-):
-    """One DDIM step (diffusers' DDIMScheduler.step, epsilon prediction) -> prev_sample.
-
-    eta > 0 adds ``eta * sigma_t * noise`` and needs ``noise`` (e.g. from randn).
-    """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if eta > 0 and noise is None:
-        raise ValueError("ddim_step with eta > 0 needs noise (e.g. ops.randn(sample.shape, seed))")
-    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddim", eta)
-    return _step(sample, eps, noise if eta > 0 else None, coef, clip_sample, clip_range, backend)
-
-
-def ddpm_step(
-    sample, eps, alpha_prod_t, alpha_prod_t_prev, noise=None, clip_sample=True, clip_range=1.0, backend=None
-):
-    """One DDPM step (diffusers' DDPMScheduler.step, epsilon, "fixed_small" variance) -> prev_sample.
-
-    Pass ``noise`` for every step but the last (t = 0), where diffusers adds none; alpha_prod_t_prev = 1
-    at t = 0.
-    """
-    coef = step_coefficients(alpha_prod_t, alpha_prod_t_prev, "ddpm")
-    return _step(sample, eps, noise, coef, clip_sample, clip_range, backend)
-
-
-def randn(shape, seed, backend=None, like=None):
-    """Standard normal float32 numbers from minisd's counter-based generator (see minisd.ops.rng).
-
-    The same (shape, seed) gives the same numbers on every backend. The result is numpy on the numpy
-    backend, a device array of the backend otherwise, or of ``like``'s kind when given (e.g. a torch tensor).
-    """
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    for s in shape:
-        _int("every entry of shape", s, 0)
-    from minisd.ops import rng
-
-    rng.key_of(seed)  # validates the seed
-    backend = _backend(backend)
-    kind = None if like is not None else "numpy" if backend == "numpy" else backend  # numba or cupy arrays
-    call = _Call(backend, like, "like", kind)
-    return call.run("randn", shape, shape, seed)
+        The same (shape, seed) gives the same numbers on every backend. The result is numpy on the numpy
+        backend, a device array of the backend otherwise, or of ``like``'s kind when given (e.g. a torch tensor).
+        """
+        shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+        for s in shape:
+            _int("every entry of shape", s, 0)
+        rng.key_of(seed)  # validates the seed
+        kind = None if like is not None else "numpy" if self.backend == "numpy" else self.backend
+        return self._call(like, "like", kind).run(self.kernels.randn, shape, shape, seed)

@@ -4,99 +4,45 @@
     python -m minisd.ops.cupy_dev --json out.json      # and every number in a JSON file
 
 Shapes are minisd's, batch 2 (classifier-free guidance runs the UNet on the unconditional and the conditional
-prompt together). Times are GPU times: each op is recorded 20 times into a CUDA graph and the graph is
-replayed, so Python's launch overhead (~5-10 us a call, more than most of these kernels take) stays out and
-the numbers compare kernels. The whole UNet is then checked and timed, eager and as one graph.
+prompt together). Every check and time comes from minisd's kernel harness (minisd/ops/harness.py): errors
+are its max |out - ref| / max |ref|, times are GPU times from ``time_cupy_graph`` / ``time_torch_graph``
+(each op recorded 20 times into a CUDA graph, the graph replayed), so Python's launch overhead (~5-10 us a
+call, more than most of these kernels take) stays out and the numbers compare kernels. The whole UNet is
+then checked and timed, eager and as one graph: minisd/forward.py on ``Ops("cupy")``, the forward pass
+minisd samples with.
 """
 
 import argparse
 import functools
 import json
-import math
-import statistics
-import time
 
 import cupy as cp
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minisd.ops import cupy_ops as ops
-from minisd.ops import rng
+from minisd.ops import Ops, rng
+from minisd.ops import cupy_ops as kernels
+from minisd.ops.harness import rel_error, time_cupy_graph, time_torch_graph, time_wall
 
-REPS = 20  # op calls recorded in one graph
-ROUNDS = 15  # graph replays timed; the median is reported
-
-
-# ------------------------------------------------------------------------------------------------ timing
+ops = Ops("cupy")
 
 
-def cupy_us(fn, stream):
-    """Median GPU microseconds of one ``fn()``, from replays of a graph of REPS calls."""
-    with stream:
-        fn()
-        fn()  # compile, load, and fill the memory pool outside the capture
-        stream.synchronize()
-        stream.begin_capture()
-        for _ in range(REPS):
-            fn()
-        graph = stream.end_capture()
-        graph.launch(stream)
-        times = []
-        for _ in range(ROUNDS):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record(stream)
-            graph.launch(stream)
-            stop.record(stream)
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / REPS)
-    return statistics.median(times)
+def precision(prec, fn):
+    """``fn`` with the matrix products in ``prec`` (cupy_ops.PRECISIONS), restored after each call."""
+
+    def run(*args):
+        kept, kernels.DEFAULT_PRECISION = kernels.DEFAULT_PRECISION, prec
+        try:
+            return fn(*args)
+        finally:
+            kernels.DEFAULT_PRECISION = kept
+
+    return run
 
 
-def torch_us(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPS):
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(ROUNDS):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) * 1e3 / REPS)
-    return statistics.median(times)
-
-
-def eager_us(fn, sync, calls=20):
-    """Wall-clock microseconds per call, launches from Python included (what a plain loop sees)."""
-    fn()
-    sync()
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync()
-        best = min(best, (time.perf_counter() - start) * 1e6 / calls)
-    return best
-
-
-def rel_err(got, ref):
-    """max |got - ref| / max |ref|: the bound the tests use."""
-    got = torch.as_tensor(cp.asnumpy(got)).double()
-    ref = ref.double().cpu()
-    if torch.isnan(got).any():
-        return math.inf
-    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+def us(ms):
+    return ms * 1e3
 
 
 # ------------------------------------------------------------------------------------------------ ops
@@ -131,12 +77,12 @@ def op_cases():
         ("conv 192->64 @16 batch 32", (32, 192, 16, 16), (64, 192, 3, 3), 1, 1),
     ]
     for name, xs, ws, s, p in convs:
-        for prec in ops.PRECISIONS:
+        for prec in kernels.PRECISIONS:
             cases.append(
                 (
                     f"{name} [{prec}]",
                     [xs, ws, ws[:1]],
-                    lambda x, w, b, s=s, p=p, prec=prec: ops.conv2d(x, w, b, s, p, precision=prec),
+                    precision(prec, lambda x, w, b, s=s, p=p: ops.conv2d(x, w, b, s, p)),
                     lambda x, w, b, s=s, p=p: F.conv2d(x, w, b, stride=s, padding=p),
                     {"tf32": 3e-3, "3xtf32": 5e-5}.get(prec, 1e-5),
                 )
@@ -148,12 +94,12 @@ def op_cases():
         ("linear 128->1024 @8", (2, 64, 128), (1024, 128)),
     ]
     for name, xs, ws in linears:
-        for prec in ops.PRECISIONS:
+        for prec in kernels.PRECISIONS:
             cases.append(
                 (
                     f"{name} [{prec}]",
                     [xs, ws, ws[:1]],
-                    lambda x, w, b, prec=prec: ops.linear(x, w, b, precision=prec),
+                    precision(prec, ops.linear),
                     F.linear,
                     {"tf32": 3e-3, "3xtf32": 5e-5}.get(prec, 1e-5),
                 )
@@ -236,19 +182,17 @@ def run_ops(stream, gen):
         host = [gen.standard_normal(s).astype(np.float32) for s in shapes]
         xs = [cp.asarray(h) for h in host]
         ts = [torch.from_numpy(h).cuda() for h in host]
-        err = rel_err(cupy_fn(*xs), torch_fn(*[t.double() for t in ts]))
-        ours, theirs = (
-            cupy_us(functools.partial(cupy_fn, *xs), stream),
-            torch_us(functools.partial(torch_fn, *ts)),
-        )
+        err = rel_error(cupy_fn(*xs), torch_fn(*[t.double() for t in ts]))
+        ours = us(time_cupy_graph(functools.partial(cupy_fn, *xs), stream))
+        theirs = us(time_torch_graph(functools.partial(torch_fn, *ts)))
         rows.append(
             dict(op=name, rel_err=err, ok=err <= tol, cupy_us=ours, torch_us=theirs, ratio=ours / theirs)
         )
     # randn: the oracle is the numpy backend's generator, bit for bit.
     n = 2 * 3 * 32 * 32
     same = int((cp.asnumpy(ops.randn((n,), 99)) == rng.normal_numpy(n, 99)).sum())
-    ours = cupy_us(lambda: ops.randn((2, 3, 32, 32), 99), stream)
-    theirs = torch_us(lambda: torch.randn(2, 3, 32, 32, device="cuda"))
+    ours = us(time_cupy_graph(lambda: ops.randn((2, 3, 32, 32), 99), stream))
+    theirs = us(time_torch_graph(lambda: torch.randn(2, 3, 32, 32, device="cuda")))
     rows.append(
         dict(op="randn (2,3,32,32)", rel_err=float(n - same), ok=same == n, cupy_us=ours, torch_us=theirs)
     )
@@ -259,85 +203,24 @@ def run_ops(stream, gen):
 # ------------------------------------------------------------------------------------------------ UNet
 
 
-def _resnet(P, pre, x, temb_silu, groups, eps):
-    h = ops.group_norm(x, groups, P[pre + "norm1.weight"], P[pre + "norm1.bias"], eps, silu=True)
-    h = ops.conv2d(h, P[pre + "conv1.weight"], P[pre + "conv1.bias"], 1, 1)
-    h = ops.add(h, ops.linear(temb_silu, P[pre + "time_emb_proj.weight"], P[pre + "time_emb_proj.bias"]))
-    h = ops.group_norm(h, groups, P[pre + "norm2.weight"], P[pre + "norm2.bias"], eps, silu=True)
-    shortcut = x
-    if pre + "conv_shortcut.weight" in P:
-        shortcut = ops.conv2d(x, P[pre + "conv_shortcut.weight"], P[pre + "conv_shortcut.bias"])
-    return ops.conv2d(h, P[pre + "conv2.weight"], P[pre + "conv2.bias"], 1, 1, residual=shortcut)
-
-
-def _transformer(P, pre, x, context, heads, groups):
-    b, c, h, w = x.shape
-    t = ops.to_tokens(ops.group_norm(x, groups, P[pre + "norm.weight"], P[pre + "norm.bias"], 1e-6))
-    t = ops.linear(t, P[pre + "proj_in.weight"], P[pre + "proj_in.bias"])
-    blk = pre + "transformer_blocks.0."
-    for i, ctx in ((1, None), (2, context)):
-        a = f"{blk}attn{i}."
-        n = ops.layer_norm(t, P[f"{blk}norm{i}.weight"], P[f"{blk}norm{i}.bias"])
-        kv = n if ctx is None else ctx
-        q, k, v = (ops.linear(src, P[a + f"to_{p}.weight"]) for src, p in ((n, "q"), (kv, "k"), (kv, "v")))
-        t = ops.linear(
-            ops.attention(q, k, v, heads=heads), P[a + "to_out.0.weight"], P[a + "to_out.0.bias"], residual=t
-        )
-    n = ops.layer_norm(t, P[blk + "norm3.weight"], P[blk + "norm3.bias"])
-    g = ops.geglu(ops.linear(n, P[blk + "ff.net.0.proj.weight"], P[blk + "ff.net.0.proj.bias"]))
-    t = ops.linear(g, P[blk + "ff.net.2.weight"], P[blk + "ff.net.2.bias"], residual=t)
-    t = ops.linear(t, P[pre + "proj_out.weight"], P[pre + "proj_out.bias"])
-    return ops.add(x, ops.from_tokens(t, h, w))
-
-
-def unet_forward(unet, P, sample, timesteps, context):
-    """minisd's UNet (minisd.model.UNet2DConditionModel) on the CuPy ops; P holds its weights as CuPy arrays."""
-    groups, eps = unet.conv_norm_out.num_groups, unet.conv_norm_out.eps
-    temb = ops.timestep_embedding(timesteps, *unet.time_proj_args)
-    temb = ops.linear(ops.silu(ops.linear(temb, P["time_embedding.linear_1.weight"], P["time_embedding.linear_1.bias"])),
-                      P["time_embedding.linear_2.weight"], P["time_embedding.linear_2.bias"])  # fmt: skip
-    temb_silu = ops.silu(temb)  # every resnet starts with SiLU(temb): once here
-    x = ops.conv2d(sample, P["conv_in.weight"], P["conv_in.bias"], 1, 1)
-    skips = [x]
-
-    def block(pre, mod, j, x):
-        x = _resnet(P, f"{pre}resnets.{j}.", x, temb_silu, groups, eps)
-        if getattr(mod, "attentions", None) is not None:
-            heads = mod.attentions[j].transformer_blocks[0].attn1.heads
-            x = _transformer(P, f"{pre}attentions.{j}.", x, context, heads, groups)
-        return x
-
-    for i, mod in enumerate(unet.down_blocks):
-        for j in range(len(mod.resnets)):
-            x = block(f"down_blocks.{i}.", mod, j, x)
-            skips.append(x)
-        if mod.downsamplers is not None:
-            pre = f"down_blocks.{i}.downsamplers.0.conv."
-            x = ops.conv2d(x, P[pre + "weight"], P[pre + "bias"], 2, 1)
-            skips.append(x)
-    mid = unet.mid_block
-    x = block("mid_block.", mid, 0, x)
-    x = _resnet(P, "mid_block.resnets.1.", x, temb_silu, groups, eps)
-    for i, mod in enumerate(unet.up_blocks):
-        for j in range(len(mod.resnets)):
-            x = block(f"up_blocks.{i}.", mod, j, ops.concat_channels(x, skips.pop()))
-        if mod.upsamplers is not None:
-            pre = f"up_blocks.{i}.upsamplers.0.conv."
-            x = ops.conv2d(ops.upsample_nearest2x(x), P[pre + "weight"], P[pre + "bias"], 1, 1)
-    x = ops.group_norm(x, groups, P["conv_norm_out.weight"], P["conv_norm_out.bias"], eps, silu=True)
-    return ops.conv2d(x, P["conv_out.weight"], P["conv_out.bias"], 1, 1)
-
-
 def run_unet(stream, gen, batches=(2, 32)):
+    from minisd import architecture
+    from minisd.forward import Forward, prepare_params
     from minisd.model import MiniSD
 
     torch.manual_seed(0)
-    unet = MiniSD().unet.cuda().eval()
-    for p in unet.parameters():  # default init leaves some paths tiny; bigger weights test more digits
+    model = MiniSD().eval()
+    for p in model.parameters():  # default init leaves some paths tiny; bigger weights test more digits
         p.data.mul_(1.5)
+    unet = model.unet.cuda()
     unet64 = MiniSD().unet.cuda().double().eval()
     unet64.load_state_dict(unet.state_dict())
-    P = {k: cp.asarray(v.detach().contiguous()) for k, v in unet.state_dict().items()}
+    arch = architecture.read(model.config)
+    net = Forward(ops, prepare_params({k: v.numpy() for k, v in model.state_dict().items()}, arch, ops), arch)
+
+    def unet_forward(sample, timesteps, context):  # the whole UNet: time embedding and prompt k/v included
+        return net.unet(sample, net.time_projections(timesteps), net.cross_attention_kv(context))
+
     results = []
     for b in batches:
         sample = torch.from_numpy(gen.standard_normal((b, 3, 32, 32)).astype(np.float32)).cuda()
@@ -347,24 +230,22 @@ def run_unet(stream, gen, batches=(2, 32)):
             ref = unet64(sample.double(), steps.double(), ctx.double())
             c_sample, c_steps, c_ctx = cp.asarray(sample), cp.asarray(steps), cp.asarray(ctx)
             row = dict(batch=b)
-            for prec in ops.PRECISIONS:
-                ops.DEFAULT_PRECISION = prec
-                row[f"rel_err_{prec}"] = rel_err(unet_forward(unet, P, c_sample, c_steps, c_ctx), ref)
-            ops.DEFAULT_PRECISION = "3xtf32"
-            row["torch_fp32_rel_err"] = rel_err(cp.asarray(unet(sample, steps, ctx)), ref)
+            for prec in kernels.PRECISIONS:
+                row[f"rel_err_{prec}"] = rel_error(
+                    precision(prec, unet_forward)(c_sample, c_steps, c_ctx), ref
+                )
+            row["torch_fp32_rel_err"] = rel_error(unet(sample, steps, ctx), ref)
 
-            ours = functools.partial(unet_forward, unet, P, c_sample, c_steps, c_ctx)
             theirs = functools.partial(unet, sample, steps, ctx)
-            row["torch_eager_us"] = eager_us(theirs, torch.cuda.synchronize)
-            row["torch_graph_us"] = torch_us(theirs)
-            for prec in ops.PRECISIONS:
-                ops.DEFAULT_PRECISION = prec
-                row[f"cupy_eager_us_{prec}"] = eager_us(ours, cp.cuda.Device().synchronize)
+            row["torch_eager_us"] = us(time_wall(theirs, torch.cuda.synchronize))
+            row["torch_graph_us"] = us(time_torch_graph(theirs))
+            for prec in kernels.PRECISIONS:
+                ours = functools.partial(precision(prec, unet_forward), c_sample, c_steps, c_ctx)
+                row[f"cupy_eager_us_{prec}"] = us(time_wall(ours, cp.cuda.Device().synchronize))
                 try:
-                    row[f"cupy_graph_us_{prec}"] = cupy_us(ours, stream)
+                    row[f"cupy_graph_us_{prec}"] = us(time_cupy_graph(ours, stream))
                 except Exception as exc:  # report, don't lose the other numbers
                     row[f"cupy_graph_us_{prec}"] = f"capture failed: {exc}"
-            ops.DEFAULT_PRECISION = "3xtf32"
         results.append(row)
     return results
 

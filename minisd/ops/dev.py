@@ -1,10 +1,11 @@
 """Check and time every Numba kernel version: ``python -m minisd.ops.dev [op ...]``.
 
-One harness for all ops (llm.c's dev/cuda style): for each op, fresh random inputs (ragged sizes), each
-version's output poisoned with NaN before it runs, compared with torch in float64 (randn: with the numpy
-generator, bit for bit). On a GPU it also times each version with CUDA events at minisd's real sizes and
-prints GB/s (memory-bound ops) or GFLOP/s (conv2d, linear, attention). In the simulator it only checks, at
-tiny sizes. ``tests/test_ops.py`` runs the same checks for every version.
+The cases of minisd's kernel harness (minisd/ops/harness.py): for each op, fresh random inputs (ragged
+sizes), each version's output poisoned with NaN before it runs, compared with torch in float64 (randn:
+with the numpy generator, bit for bit) by the harness's one error metric. On a GPU it also times each
+version (``harness.time_gpu``) at minisd's real sizes and prints GB/s (memory-bound ops) or TFLOP/s
+(conv2d, linear, attention). In the simulator it only checks, at tiny sizes. ``tests/test_ops.py`` runs
+the same checks for every version.
 """
 
 import argparse
@@ -18,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import minisd.mode as mode
-from minisd import ops
+from minisd import schedulers
 from minisd.ops import rng as minisd_rng
+from minisd.ops.harness import rel_error, throughput, time_gpu
 
 
 @dataclass
@@ -133,7 +135,7 @@ def _step_make(rng, full, eta=0.5, noise=True, clip=True):
     n = _pick(full, 8 * 3 * 32 * 32, 301)
     a_t, a_prev = 0.3, 0.6
     inputs = {"sample": _r(rng, n) * 2, "eps": _r(rng, n), "noise": _r(rng, n) if noise else None}
-    inputs |= {"coef": ops.step_coefficients(a_t, a_prev, "ddim", eta), "clip": 1.0 if clip else None}
+    inputs |= {"coef": schedulers.ddim_coefficients(a_t, a_prev, eta), "clip": 1.0 if clip else None}
     return inputs | {"alphas": (a_t, a_prev, eta)}, (n,)
 
 
@@ -296,16 +298,11 @@ def check(op, version, rng, full=False, **variant):
     ref = case.reference(_to_torch(inputs) | {"out_shape": out_shape}).numpy()
     out = cuda.to_device(np.full(out_shape, np.nan, np.float32))  # poison: an unwritten element fails
     case.launch(VERSIONS[op][version], _to_device(inputs), out)
-    got = out.copy_to_host()
-    scale = max(float(np.max(np.abs(ref))), 1e-30) if ref.size else 1.0
-    err = float(np.max(np.abs(got.astype(np.float64) - ref))) / scale if ref.size else 0.0
-    if np.isnan(got).any():
-        err = math.inf
-    return err, case.tol
+    return rel_error(out, ref), case.tol
 
 
-def time_version(op, version, rng, reps=20):
-    """(seconds per call, bytes or None, flops or None) with CUDA events at full size."""
+def time_version(op, version, rng):
+    """(milliseconds per call, bytes or None, flops or None) at full size, by ``harness.time_gpu``."""
     from numba import cuda
 
     from minisd.ops.numba import VERSIONS
@@ -315,16 +312,9 @@ def time_version(op, version, rng, reps=20):
     out_shape = _out_shape(case, inputs, out_shape)
     dev, out = _to_device(inputs), cuda.device_array(out_shape, np.float32)
     fn = VERSIONS[op][version]
-    case.launch(fn, dev, out)  # compile and warm up
-    start, end = cuda.event(), cuda.event()
-    start.record()
-    for _ in range(reps):
-        case.launch(fn, dev, out)
-    end.record()
-    end.synchronize()
-    seconds = cuda.event_elapsed_time(start, end) / 1e3 / reps
+    ms = time_gpu(lambda: case.launch(fn, dev, out))  # its warm-up compiles the kernel
     flops = case.flops(inputs, out_shape) if case.flops else None
-    return seconds, (None if flops else _bytes(inputs, out_shape)), flops
+    return ms, (None if flops else _bytes(inputs, out_shape)), flops
 
 
 def main(argv=None):
@@ -353,9 +343,8 @@ def main(argv=None):
             failed += not ok
             line = f"{op:<20}{'v' + str(version):>8}{err:>14.2e}"
             if timed and ok:
-                sec, nbytes, flops = time_version(op, version, rng)
-                rate = f"{flops / sec / 1e9:9.1f} GFLOP/s" if flops else f"{nbytes / sec / 1e9:9.1f} GB/s"
-                line += f"{sec * 1e6:>10.1f}us{rate:>16}"
+                ms, nbytes, flops = time_version(op, version, rng)
+                line += f"{ms * 1e3:>10.1f}us{throughput(ms, bytes_moved=nbytes, flops=flops):>16}"
             print(line + ("" if ok else f"   FAILED (tolerance {tol:.0e})"))
     if not mode.ON_GPU:
         print("(simulator: checked at tiny sizes; no timings without a GPU)")

@@ -2,8 +2,9 @@
 
 This is what ``python -m minisd sample`` runs on a machine without a GPU, so it is written for speed on
 a couple of cores: convolutions become one matrix product (im2col on a strided view), attention is three
-batched matrix products, and nothing loops over pixels in Python. The dispatcher in ``minisd.ops`` has
-already checked shapes and dtypes and made the inputs C-contiguous float32; these functions trust that.
+batched matrix products, and nothing loops over pixels in Python. ``minisd.ops.Ops`` has already checked
+shapes and dtypes, made the inputs C-contiguous float32 and allocated ``out``; each function here fills
+``out`` (computing into it where numpy can) and returns it.
 """
 
 import math
@@ -14,7 +15,7 @@ from numpy.lib.stride_tricks import as_strided
 from minisd.ops import rng
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias, stride, padding, residual, *, out):
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     if padding:
@@ -22,8 +23,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         xp[:, :, padding : padding + h, padding : padding + w] = x
     else:
         xp = x
-    ho = (xp.shape[2] - kh) // stride + 1
-    wo = (xp.shape[3] - kw) // stride + 1
+    ho, wo = out.shape[2:]
     if kh == kw == 1 and stride == 1:
         cols = xp.reshape(n, c, ho * wo)  # a 1x1 conv is already a matrix product
     else:
@@ -33,18 +33,25 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         view = as_strided(xp, (n, c, kh, kw, ho, wo), (sn, sc, sh, sw, sh * stride, sw * stride))
         cols = view.reshape(n, c * kh * kw, ho * wo)
     # (o, c*kh*kw) @ (n, c*kh*kw, ho*wo) -> (n, o, ho*wo): NCHW comes out directly, no transpose.
-    out = np.matmul(weight.reshape(o, -1), cols)
+    flat = out.reshape(n, o, ho * wo)
+    np.matmul(weight.reshape(o, -1), cols, out=flat)
     if bias is not None:
-        out += bias[:, None]
-    return out.reshape(n, o, ho, wo)
+        flat += bias[:, None]
+    if residual is not None:
+        out += residual
+    return out
 
 
-def _silu(x):
+def _silu(x, out):
     # x * sigmoid(x) with sigmoid = (1 + tanh(x/2)) / 2: no overflow warning for large |x|.
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+    gate = np.tanh(np.float32(0.5) * x)
+    gate *= np.float32(0.5)
+    gate += np.float32(0.5)
+    return np.multiply(x, gate, out=out)
 
 
-silu = _silu  # group_norm's argument ``silu`` shadows the name there
+def silu(x, *, out):
+    return _silu(x, out)
 
 
 # Numerical Recipes' Chebyshev fit of erfc: ~1.2e-7 relative error everywhere (numpy has no erf).
@@ -52,7 +59,7 @@ _ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.2788680
          -0.82215223, 0.17087277)  # fmt: skip
 
 
-def gelu(x):
+def gelu(x, *, out):
     """Exact GELU = x * Phi(x) = x/2 * erfc(-x/sqrt(2)).
 
     erfc keeps its relative accuracy in the left tail. Written with in-place float32 passes: the GEGLU
@@ -72,53 +79,56 @@ def gelu(x):
     poly *= t  # erfc(|x|/sqrt 2)
     # erfc(-x/sqrt 2) = 2 - erfc(|x|/sqrt 2) for x > 0, erfc(|x|/sqrt 2) for x <= 0
     np.subtract(2.0, poly, out=poly, where=x > 0)
-    poly *= x
     poly *= np.float32(0.5)
-    return poly
+    return np.multiply(poly, x, out=out)
 
 
-def geglu(x):
+def geglu(x, *, out):
     f = x.shape[-1] // 2
-    out = gelu(x[..., f:])
+    gelu(x[..., f:], out=out)
     out *= x[..., :f]
     return out
 
 
-def _normalize(xg, eps):
-    """(x - mean) / sqrt(var + eps) over the last axis, biased variance, like torch."""
+def _normalize(xg, eps, out):
+    """(x - mean) / sqrt(var + eps) over the last axis into ``out``, biased variance, like torch."""
     mean = xg.mean(axis=-1, keepdims=True)
-    d = xg - mean
+    d = np.subtract(xg, mean, out=out)
     var = np.einsum("...k,...k->...", d, d)[..., None] / np.float32(xg.shape[-1])
     d *= 1.0 / np.sqrt(var + np.float32(eps))
     return d
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False):
+def group_norm(x, num_groups, weight, bias, eps, silu, *, out):
     n, c = x.shape[:2]
-    y = _normalize(x.reshape(n, num_groups, -1), eps).reshape(n, c, -1)
+    _normalize(x.reshape(n, num_groups, -1), eps, out.reshape(n, num_groups, -1))
+    y = out.reshape(n, c, -1)
     if weight is not None:
         y *= weight[:, None]
     if bias is not None:
         y += bias[:, None]
     if silu:
-        y = _silu(y)
-    return y.reshape(x.shape)
+        _silu(y, y)
+    return out
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    y = _normalize(x, eps)
+def layer_norm(x, weight, bias, eps, *, out):
+    _normalize(x, eps, out)
     if weight is not None:
-        y *= weight
-    if bias is not None:
-        y += bias
-    return y
-
-
-def linear(x, weight, bias=None):
-    out = x.reshape(-1, x.shape[-1]) @ weight.T
+        out *= weight
     if bias is not None:
         out += bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return out
+
+
+def linear(x, weight, bias, residual, *, out):
+    flat = out.reshape(-1, weight.shape[0])
+    np.matmul(x.reshape(-1, x.shape[-1]), weight.T, out=flat)
+    if bias is not None:
+        flat += bias
+    if residual is not None:
+        out += residual
+    return out
 
 
 def _softmax_(x):
@@ -129,82 +139,98 @@ def _softmax_(x):
     return x
 
 
-def softmax(x):
-    return _softmax_(x.copy())
+def softmax(x, *, out):
+    np.copyto(out, x)
+    return _softmax_(out)
 
 
-def attention(q, k, v, heads=None, scale=None):
-    if heads is not None:  # (B, L, H*D) -> (B, H, L, D) views; matmul copes with the strides
-        b, lq, hd = q.shape
-        split = lambda t: t.reshape(b, t.shape[1], heads, hd // heads).transpose(0, 2, 1, 3)  # noqa: E731
-        out = attention(split(q), split(k), split(v), None, scale)
-        return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, lq, hd)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = np.matmul(q * np.float32(scale), k.swapaxes(-1, -2))
-    return np.matmul(_softmax_(scores), v)
+def _attention(q, k, v, scale, out):
+    scores = np.matmul(q * scale, k.swapaxes(-1, -2))
+    return np.matmul(_softmax_(scores), v, out=out)
 
 
-def upsample_nearest2x(x):
+def attention(q, k, v, heads, scale, *, out):
+    if heads is None:  # (B, H, L, D)
+        return _attention(q, k, v, scale, out)
+    b, lq, hd = q.shape  # (B, L, H*D): (B, H, L, D) views, matmul copes with the strides
+
+    def split(t):
+        return t.reshape(b, t.shape[1], heads, hd // heads).transpose(0, 2, 1, 3)
+
+    _attention(split(q), split(k), split(v), scale, split(out))
+    return out
+
+
+def upsample_nearest2x(x, *, out):
     n, c, h, w = x.shape
-    out = np.empty((n, c, h, 2, w, 2), np.float32)
-    out[...] = x[:, :, :, None, :, None]
-    return out.reshape(n, c, 2 * h, 2 * w)
+    out.reshape(n, c, h, 2, w, 2)[...] = x[:, :, :, None, :, None]
+    return out
 
 
-def concat_channels(a, b):
-    return np.concatenate([a, b], axis=1)
+def concat_channels(a, b, *, out):
+    ca = a.shape[1]
+    out[:, :ca], out[:, ca:] = a, b
+    return out
 
 
-def to_tokens(x):
+def to_tokens(x, *, out):
     b, c, h, w = x.shape
-    return np.ascontiguousarray(x.reshape(b, c, h * w).transpose(0, 2, 1))
+    out[...] = x.reshape(b, c, h * w).transpose(0, 2, 1)
+    return out
 
 
-def from_tokens(x, h, w):
+def from_tokens(x, h, w, *, out):
     b, _, c = x.shape
-    return np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(b, c, h, w)
+    out.reshape(b, c, h * w)[...] = x.transpose(0, 2, 1)
+    return out
 
 
-def add(a, b):
-    if b.ndim == 2 and a.ndim == 4:
-        return a + b[:, :, None, None]
-    return a + b
+def add(a, b, *, out):
+    return np.add(a, b[:, :, None, None] if b.ndim == 2 and a.ndim == 4 else b, out=out)
 
 
-def scale_add(a, b, alpha=1.0, beta=1.0):
-    return np.float32(alpha) * a + np.float32(beta) * b
+def scale_add(a, b, alpha, beta, *, out):
+    np.multiply(a, np.float32(alpha), out=out)
+    out += np.float32(beta) * b
+    return out
 
 
-def cfg_combine(eps_uncond, eps_cond, guidance_scale):
-    return eps_uncond + np.float32(guidance_scale) * (eps_cond - eps_uncond)
+def cfg_combine(eps_uncond, eps_cond, guidance_scale, *, out):
+    np.subtract(eps_cond, eps_uncond, out=out)
+    out *= np.float32(guidance_scale)
+    out += eps_uncond
+    return out
 
 
-def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0):
+def timestep_embedding(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, *, out):
     # float64 inside: t * freq reaches ~1000 rad, where float32 would lose ~1e-4 of the angle.
     half = dim // 2
     freqs = np.exp(-math.log(10000.0) * np.arange(half) / (half - downscale_freq_shift))
     args = timesteps.astype(np.float64)[:, None] * freqs[None, :]
     first, second = (np.cos(args), np.sin(args)) if flip_sin_to_cos else (np.sin(args), np.cos(args))
-    out = np.zeros((timesteps.shape[0], dim), np.float32)
-    out[:, :half] = first
-    out[:, half : 2 * half] = second
+    out[:, :half], out[:, half : 2 * half], out[:, 2 * half :] = first, second, 0.0
     return out
 
 
-def scheduler_step(sample, eps, noise, coef, clip):
+def scheduler_step(sample, eps, noise, coef, clip, *, out):
     """prev = c_x0 * clip(x0) + c_eps * eps + c_sample * sample + c_noise * noise, x0 from eps.
 
-    ``coef`` comes from ``minisd.ops.step_coefficients``: one formula covers DDIM and DDPM steps.
+    ``coef`` is a minisd.schedulers.StepCoefficients: one formula covers DDIM and DDPM steps.
     """
-    f = {k: np.float32(v) for k, v in coef.items()}
+    f = {
+        k: np.float32(getattr(coef, k)) for k in ("sqrt_beta", "inv_sqrt_alpha", "c_x0", "c_eps", "c_sample")
+    }
     x0 = (sample - f["sqrt_beta"] * eps) * f["inv_sqrt_alpha"]
     if clip is not None:
         np.clip(x0, -np.float32(clip), np.float32(clip), out=x0)
-    out = f["c_x0"] * x0 + f["c_eps"] * eps + f["c_sample"] * sample
+    np.multiply(x0, f["c_x0"], out=out)
+    out += f["c_eps"] * eps
+    out += f["c_sample"] * sample
     if noise is not None:
-        out += f["c_noise"] * noise
+        out += np.float32(coef.c_noise) * noise
     return out
 
 
-def randn(shape, seed):
-    return rng.normal_numpy(int(np.prod(shape, dtype=np.int64)), seed).reshape(shape)
+def randn(shape, seed, *, out):
+    out[...] = rng.normal_numpy(out.size, seed).reshape(out.shape)
+    return out

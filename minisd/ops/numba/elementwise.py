@@ -24,7 +24,13 @@ def _silu(x, out):
     i = cuda.grid(1)
     if i < x.size:
         v = x[i]
-        out[i] = v / (float32(1.0) + math.exp(-v))
+        # v * sigmoid(v) with exp of a number <= 0 only: exp(1000) is inf on a GPU but an OverflowError in the
+        # simulator's Python math; exp(-1000) is 0 on both, so silu(-1000) is -0, as on a GPU and in torch.
+        if v >= float32(0.0):
+            out[i] = v / (float32(1.0) + math.exp(-v))
+        else:
+            e = math.exp(v)
+            out[i] = v * e / (float32(1.0) + e)
 
 
 def silu_v1(x, out):
@@ -227,9 +233,8 @@ def _scheduler_step(
 def scheduler_step_v1(sample, eps, noise, coef, clip, out):
     has_noise, noise = optional(noise)
     has_clip = clip is not None  # an optional scalar: a flag plus a float, for the same reason
-    f = [float32(coef[k]) for k in ("sqrt_beta", "inv_sqrt_alpha")]
-    f += [has_clip, float32(clip if has_clip else 0.0)]
-    f += [float32(coef[k]) for k in ("c_x0", "c_eps", "c_sample", "c_noise")]
+    f = [float32(coef.sqrt_beta), float32(coef.inv_sqrt_alpha), has_clip, float32(clip if has_clip else 0.0)]
+    f += [float32(c) for c in (coef.c_x0, coef.c_eps, coef.c_sample, coef.c_noise)]
     launch1d(_scheduler_step, sample.size, sample, eps, has_noise, noise, *f, out)
 
 
