@@ -197,7 +197,9 @@ def unguarded(x, out):
 
 def test_out_of_bounds_access_names_the_array_and_the_index():
     x, out = traffic.track(np.ones(40, np.float32), "x"), traffic.track(np.zeros(40, np.float32), "out")
-    with pytest.raises(IndexError, match=r"read of x\[\d+\]: index \d+ is out of bounds for axis 0 with size 40"):
+    with pytest.raises(
+        IndexError, match=r"read of x\[\d+\]: index \d+ is out of bounds for axis 0 with size 40"
+    ):
         unguarded[2, 32](x, out)
     x = np.ones(64, np.float32)
     with pytest.raises(IndexError, match=r"write to out\[\d+\]: index \d+ is out of bounds"):
