@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import minisd.mode as mode
+from minisd import files
 from minisd.pipeline import DEFAULT_GUIDANCE, MiniSDPipeline, check_guidance
 
 PROMPTS = ["a red circle on a blue background", "a yellow star on a black background"]
@@ -333,7 +334,9 @@ def main(argv=None):
             results[name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"  {name}: FAILED {results[name]['error']}")
         report = make_report(gpu, args, weights_kind, {n: available[n][0] for n in results}, results)
-        out.write_text(json.dumps(report, indent=2) + "\n")  # after each contender: a timeout keeps the rest
+        files.write_text(
+            out, json.dumps(report, indent=2) + "\n"
+        )  # after each contender: a timeout keeps the rest
     print()
     print(markdown(report))
     print(f"\nwrote {out}")

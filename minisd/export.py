@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minisd import files
+
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch|: float32 rounding (the shipped weights: <= 2e-6)
 ONNX_OPSET = 18
 CHECK_BATCH = (
@@ -148,7 +150,7 @@ def export_diffusers(model, config, folder):
     unet_folder = Path(folder) / "unet"
     unet_folder.mkdir(parents=True, exist_ok=True)
     unet_config = {"_class_name": "UNet2DConditionModel", **diffusers_unet_config(config)}
-    (unet_folder / "config.json").write_text(json.dumps(unet_config, indent=2) + "\n")
+    files.write_text(unet_folder / "config.json", json.dumps(unet_config, indent=2) + "\n")
     state = {key: value.contiguous() for key, value in model.unet.state_dict().items()}
     save_file(state, str(unet_folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     sampling_scheduler(config).save_pretrained(Path(folder) / "scheduler")

@@ -14,7 +14,6 @@ rounding). On CuPy the whole sampling loop is replayed from CUDA graphs (minisd/
 """
 
 import contextlib
-import math
 import numbers
 import time
 from dataclasses import dataclass, replace
@@ -110,10 +109,16 @@ def denoise(ops, plan, x, predict_noise, progress=None):
     return x
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_guidance(guidance_scale):
-    """guidance_scale is a finite number >= 0 (0: unconditional, 1: conditional only, > 1: guided)."""
-    if not isinstance(guidance_scale, numbers.Real) or not 0 <= guidance_scale < math.inf:
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    """guidance_scale is a number >= 0, finite in float32 (0: unconditional, 1: conditional only, > 1: guided);
+    the kernels compute in float32, where 1e39 is inf and the image would come out black."""
+    if not isinstance(guidance_scale, numbers.Real) or not 0 <= guidance_scale <= FLOAT32_MAX:
+        raise ValueError(
+            f"guidance_scale must be a number from 0 to {FLOAT32_MAX:.3g} (float32), got {guidance_scale!r}"
+        )
     return float(guidance_scale)
 
 

@@ -64,8 +64,10 @@ class StepCoefficients:
 
 def _alphas(alpha_prod_t, alpha_prod_t_prev):
     a, ap = float(alpha_prod_t), float(alpha_prod_t_prev)
-    if not (0 < a <= 1 and 0 < ap <= 1):
-        raise ValueError(f"alpha_prod_t and alpha_prod_t_prev must be in (0, 1], got {a} and {ap}")
+    # a = 0 is the last timestep of a zero-SNR schedule (pure noise): fine for v-prediction, whose x0 does
+    # not divide by sqrt(a); an epsilon model's x0 there is inf, as in diffusers
+    if not (0 <= a <= 1 and 0 < ap <= 1):
+        raise ValueError(f"alpha_prod_t must be in [0, 1] and alpha_prod_t_prev in (0, 1], got {a} and {ap}")
     return a, ap
 
 
@@ -91,7 +93,7 @@ def ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, eta=0.0, where=""):
         )
     # max(., 0): at eta = 1 on a zero-SNR schedule this is 0, which rounding can make -1.1e-16 (complex)
     return StepCoefficients(
-        "ddim", a, ap, float(eta), math.sqrt(beta), 1.0 / math.sqrt(a),
+        "ddim", a, ap, float(eta), math.sqrt(beta), 1.0 / math.sqrt(a) if a > 0 else math.inf,
         c_x0=math.sqrt(ap), c_eps=math.sqrt(max(beta_prev - std**2, 0.0)), c_sample=0.0, c_noise=std,
     )  # fmt: skip
 
@@ -107,7 +109,7 @@ def ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev, variance_type="fixed_smal
     else:  # fixed_small and fixed_small_log: the same number, reached two ways
         std = math.sqrt(max(beta_prev / beta * current_beta, 1e-20))
     return StepCoefficients(
-        "ddpm", a, ap, 1.0, math.sqrt(beta), 1.0 / math.sqrt(a),
+        "ddpm", a, ap, 1.0, math.sqrt(beta), 1.0 / math.sqrt(a) if a > 0 else math.inf,
         c_x0=math.sqrt(ap) * current_beta / beta, c_eps=0.0, c_sample=math.sqrt(alpha_t) * beta_prev / beta,
         c_noise=std,
     )  # fmt: skip

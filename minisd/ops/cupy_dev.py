@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minisd import files
 from minisd.ops import Ops, rng
 from minisd.ops import cupy_ops as kernels
 from minisd.ops.harness import rel_error, time_cupy_graph, time_torch_graph, time_wall
@@ -275,8 +276,7 @@ def main():
         report = dict(
             gpu=gpu, cupy=cp.__version__, torch=torch.__version__, method=__doc__, ops=rows, unet=unet
         )
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        files.write_text(args.json, json.dumps(report, indent=1))
     if not all(r["ok"] for r in rows):
         raise SystemExit("some kernels disagree with torch: see FAIL above")
 
