@@ -9,6 +9,7 @@ short, an unguarded access, a divergent barrier, an Inf output).
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 import course.grading as grading
 
@@ -170,9 +172,8 @@ def _outcomes(report):
     return results
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grading")
+def _run_grades(tmp):
+    """The three grades side by side; their junit reports, outputs and results.json land in ``tmp``."""
     planted = _plant(tmp / "planted")
     runs = {
         "stubs": _grade(tmp, "stubs", f"--seed={SEED}"),
@@ -187,11 +188,30 @@ def graded(tmp_path_factory):
             tests=[f"tests/exercises/test_{lesson}.py" for lesson in PLANTED_LESSONS],
         ),
     }
-    finished = {}
-    for name, (proc, report) in runs.items():
+    for name, (proc, _) in runs.items():
         output, _ = proc.communicate(timeout=3600)  # a hang guard, not a speed budget
-        assert report.exists(), f"pytest on the {name} produced no report:\n{output[-3000:]}"
-        finished[name] = (_outcomes(report), output)
+        (tmp / f"{name}.out").write_text(output)
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    # Under xdist each worker running a test of this module would grade everything again: the first one
+    # grades into the session's shared folder, the others wait for it and read the results.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    tmp = shared / "grading"
+    with FileLock(str(shared / "grading.lock")):
+        if not (tmp / "done").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _run_grades(tmp)
+            (tmp / "done").touch()
+    finished = {}
+    for name in ("stubs", "solutions", "planted"):
+        output = (tmp / f"{name}.out").read_text()
+        assert (tmp / f"{name}.xml").exists(), f"pytest on the {name} produced no report:\n{output[-3000:]}"
+        finished[name] = (_outcomes(tmp / f"{name}.xml"), output)
     finished["results.json"] = json.loads((tmp / "results.json").read_text())
     return finished
 
