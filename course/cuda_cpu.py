@@ -79,11 +79,16 @@ def synchronize():
         xp.cuda.get_current_stream().synchronize()
 
 
-def RawKernel(code, name, options=(), **kwargs):  # noqa: N802  (named like cupy.RawKernel on purpose)
-    """``cupy.RawKernel`` on a GPU; otherwise the same kernel compiled for the CPU."""
+def RawKernel(code, name, options=(), strict=False, **kwargs):  # noqa: N802  (named like cupy.RawKernel on purpose)
+    """``cupy.RawKernel`` on a GPU; otherwise the same kernel compiled for the CPU.
+
+    ``strict=True`` (the grader's, CPU only): after each launch ``kernel.counts`` holds every thread's global
+    reads and writes per pointer parameter, and a block whose threads reach ``__syncthreads()`` different
+    numbers of times raises LaunchError.
+    """
     if ON_GPU:
         return xp.RawKernel(code, name, options=tuple(options), **kwargs)
-    return CpuRawKernel(code, name, options)
+    return CpuRawKernel(code, name, options, strict=strict)
 
 
 def global_array(module, name, shape, dtype=np.float32):
@@ -148,16 +153,54 @@ static constexpr int warpSize = 32;
 // once every thread that has not returned has arrived (threads that returned no longer count, as on a GPU).
 namespace cuda_cpu {
 enum Wait { READY, AT_BLOCK, AT_WARP, DONE };
-struct Fiber { ucontext_t ctx; int wait; };
+struct Fiber { ucontext_t ctx; int wait; unsigned barriers; };
 thread_local ucontext_t scheduler;
 thread_local Fiber* current = nullptr;                   // the running fiber; null when threads need no sync
 thread_local unsigned long long* warp_slots = nullptr;  // 32 exchange slots of this thread's warp
 thread_local unsigned lane = 0;
 char* dynamic_smem = nullptr;                             // extern __shared__ arrays point here
 inline void wait_at(int where) { current->wait = where; swapcontext(&current->ctx, &scheduler); }
+
+// Strict mode (the grader's): kernel pointer parameters become gptr<T>, which count each thread's global reads
+// and writes, and a block whose threads reached __syncthreads() different numbers of times fails.
+inline unsigned* traffic = nullptr;                        // [parameter][thread of the grid][read, write]
+inline unsigned long long traffic_threads = 0;
+inline bool count_barriers = false;
+inline long long barrier_report[4];                        // thread, its count, other thread, its count
+inline unsigned long long grid_thread() {
+    unsigned long long b = ((unsigned long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    return b * blockDim.x * blockDim.y * blockDim.z + (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+}
+inline void count(int slot, int kind) {
+    if (traffic) traffic[(slot * traffic_threads + grid_thread()) * 2 + kind]++;
+}
+template <class T> struct gref {                           // one element of global memory, counted when used
+    T* p; int slot;
+    operator T() const { count(slot, 0); return *p; }
+    template <class U> gref& operator=(const U& v) { count(slot, 1); *p = v; return *this; }
+    gref& operator=(const gref& o) { return *this = static_cast<T>(o); }
+    template <class U> gref& operator+=(const U& v) { return *this = static_cast<T>(*this) + v; }
+    template <class U> gref& operator-=(const U& v) { return *this = static_cast<T>(*this) - v; }
+    template <class U> gref& operator*=(const U& v) { return *this = static_cast<T>(*this) * v; }
+    template <class U> gref& operator/=(const U& v) { return *this = static_cast<T>(*this) / v; }
+    T* operator&() const { return p; }                     // &x[i]: a plain pointer, no longer counted
+};
+template <class T> struct gptr {                           // a kernel's pointer parameter
+    using element = T;
+    T* p; int slot;
+    gref<T> operator[](long long i) const { return {p + i, slot}; }
+    gref<T> operator*() const { return {p, slot}; }
+    gptr operator+(long long i) const { return {p + i, slot}; }
+    gptr operator-(long long i) const { return {p - i, slot}; }
+    operator T*() const { return p; }
+};
+template <class T> struct is_gptr : std::false_type {};
+template <class T> struct is_gptr<gptr<T>> : std::true_type {};
 }
 
-inline void __syncthreads() { if (cuda_cpu::current) cuda_cpu::wait_at(cuda_cpu::AT_BLOCK); }
+inline void __syncthreads() {
+    if (cuda_cpu::current) { cuda_cpu::current->barriers++; cuda_cpu::wait_at(cuda_cpu::AT_BLOCK); }
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { if (cuda_cpu::current) cuda_cpu::wait_at(cuda_cpu::AT_WARP); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
@@ -217,6 +260,11 @@ template <class T> T atomicMin(T* p, T v) {
     while (old > v && !__atomic_compare_exchange(p, &old, &v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
     return old;
 }
+// strict mode: an atomic on a counted pointer reads and writes that element once
+#define CUDA_CPU_COUNTED(op) template <class T, class V> T op(cuda_cpu::gptr<T> p, V v) { \
+    cuda_cpu::count(p.slot, 0); cuda_cpu::count(p.slot, 1); return op(p.p, (T)v); }
+CUDA_CPU_COUNTED(atomicAdd) CUDA_CPU_COUNTED(atomicSub) CUDA_CPU_COUNTED(atomicExch)
+CUDA_CPU_COUNTED(atomicMax) CUDA_CPU_COUNTED(atomicMin)
 
 // ---- math intrinsics that CUDA has and C++ spells differently
 template <class A, class B> inline std::common_type_t<A, B> min(A a, B b) { return b < a ? b : a; }
@@ -293,8 +341,10 @@ inline __half operator/(__half a, __half b) { return __hdiv(a, b); }
 
 // ---- the launcher: how each kernel parameter is read from CuPy-style void* args, and how blocks run
 namespace cuda_cpu {
+template <class T> struct raw { using type = T; };
+template <class T> struct raw<gptr<T>> { using type = T*; };
 template <class T> void describe_one(char* out) {
-    using U = std::remove_cv_t<T>;
+    using U = typename raw<std::remove_cv_t<T>>::type;
     using V = std::remove_cv_t<std::remove_pointer_t<U>>;
     out[0] = std::is_pointer_v<U> ? 'p' : 's';
     out[1] = std::is_same_v<V, __half> || std::is_floating_point_v<V> ? 'f'
@@ -307,8 +357,13 @@ template <class... A> void describe(void (*)(A...), char* out) {
     ((describe_one<A>(out + 3 * i), i++), ...);
     out[3 * i] = 0;
 }
+template <class A> A argument(void* cell, int slot) {
+    using U = std::remove_cv_t<std::remove_reference_t<A>>;
+    if constexpr (is_gptr<U>::value) return U{*static_cast<typename U::element**>(cell), slot};
+    else return *static_cast<U*>(cell);
+}
 template <class... A, std::size_t... I> void call(void (*f)(A...), void** args, std::index_sequence<I...>) {
-    f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+    f(argument<A>(args[I], (int)I)...);
 }
 inline void set_index(unsigned t, const dim3& block, uint3& idx) {
     idx.x = t % block.x; idx.y = (t / block.x) % block.y; idx.z = t / (block.x * block.y);
@@ -317,8 +372,9 @@ inline void set_index(unsigned t, const dim3& block, uint3& idx) {
 thread_local std::function<void()>* fiber_body = nullptr;
 inline void fiber_entry() { (*fiber_body)(); current->wait = DONE; }
 
-// Runs one block's threads as fibers until all return; false on a deadlock (threads waiting at different barriers).
-inline bool run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_size, const dim3& block,
+// Runs one block's threads as fibers until all return: 0, or 1 on a deadlock (threads waiting at different
+// barriers), or 2 when counting barriers and its threads reached __syncthreads() different numbers of times.
+inline int run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_size, const dim3& block,
                       std::vector<unsigned long long>& slots, std::function<void()>& body) {
     unsigned nt = fibers.size(), nwarps = (nt + 31) / 32;
     fiber_body = &body;
@@ -330,6 +386,7 @@ inline bool run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_siz
         f.ctx.uc_link = &scheduler;
         makecontext(&f.ctx, fiber_entry, 0);
         f.wait = READY;
+        f.barriers = 0;
     }
     for (;;) {
         for (unsigned t = 0; t < nt; t++) {  // run every ready thread until it waits or returns
@@ -346,7 +403,16 @@ inline bool run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_siz
             all_done &= f.wait == DONE;
             all_at_block &= f.wait == DONE || f.wait == AT_BLOCK;
         }
-        if (all_done) return true;
+        if (all_done) {
+            for (unsigned t = 1; count_barriers && t < nt; t++) {
+                if (fibers[t].barriers != fibers[0].barriers) {
+                    barrier_report[0] = 0, barrier_report[1] = fibers[0].barriers;
+                    barrier_report[2] = t, barrier_report[3] = fibers[t].barriers;
+                    return 2;
+                }
+            }
+            return 0;
+        }
         if (all_at_block) {
             for (auto& f : fibers) if (f.wait == AT_BLOCK) f.wait = READY;
             continue;
@@ -363,11 +429,12 @@ inline bool run_block(std::vector<Fiber>& fibers, char* stacks, size_t stack_siz
                 released = true;
             }
         }
-        if (!released) return false;
+        if (!released) return 1;
     }
 }
 
 // threads == true: the kernel synchronises, so a block's threads run as fibers; otherwise they simply run in turn.
+// Returns 0, or b + 1 when block b deadlocked, or -(b + 1) when its threads reached different barrier counts.
 template <class... A>
 int launch(void (*f)(A...), dim3 grid, dim3 block, void** args, char* smem, bool threads) {
     auto seq = std::index_sequence_for<A...>{};
@@ -395,7 +462,8 @@ int launch(void (*f)(A...), dim3 grid, dim3 block, void** args, char* smem, bool
     blockDim = block; gridDim = grid;
     for (unsigned b = 0; b < nb; b++) {
         set_index(b, grid, blockIdx);
-        if (!run_block(fibers, stacks.get(), stack_size, block, slots, body)) return (int)b + 1;
+        int status = run_block(fibers, stacks.get(), stack_size, block, slots, body);
+        if (status) return status == 1 ? (int)b + 1 : -(int)b - 1;
     }
     return 0;
 }
@@ -410,10 +478,19 @@ extern "C" int cuda_cpu_launch_{i}(unsigned gx, unsigned gy, unsigned gz, unsign
 }}
 """
 
+STRICT_HOOKS = r"""
+extern "C" void cuda_cpu_strict(unsigned* traffic, unsigned long long threads, int barriers) {
+    cuda_cpu::traffic = traffic; cuda_cpu::traffic_threads = threads; cuda_cpu::count_barriers = barriers != 0;
+}
+extern "C" void cuda_cpu_barrier_report(long long* out) { for (int k = 0; k < 4; k++) out[k] = cuda_cpu::barrier_report[k]; }
+"""
+
 GLOBAL = r"""
 extern "C" void* cuda_cpu_global_{name}(unsigned long long* size) {{ *size = sizeof({name}); return (void*)&{name}; }}
 """
 
+_SIGNATURE = r"(__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+{name}\s*\()([^)]*)\)"
+_POINTER = re.compile(r"^(?P<type>[\w\s:]+?)\s*\*\s*(?:__restrict__\s*)?(?P<name>\w+)$")
 _DYNAMIC_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;"
 )
@@ -483,6 +560,24 @@ def _translate(code):
     return code
 
 
+def _counted(code, name):
+    """``code`` with kernel ``name``'s pointer parameters turned into counting ``cuda_cpu::gptr<T>``, and the
+    parameters' names; ``(code, None)`` when the signature is not found."""
+    found = re.search(_SIGNATURE.format(name=re.escape(name)), code)
+    if found is None:
+        return code, None
+    params = [p.strip() for p in found.group(2).split(",") if p.strip()]
+    counted, names = [], []
+    for param in params:
+        pointer = _POINTER.match(param)
+        if pointer:
+            counted.append(f"cuda_cpu::gptr<{pointer['type'].strip()}> {pointer['name']}")
+        else:
+            counted.append(param)
+        names.append(re.findall(r"\w+", param)[-1])
+    return code[: found.start(2)] + ", ".join(counted) + code[found.end(2) :], names
+
+
 def _defines(options):
     flags = []
     for opt in options:
@@ -497,7 +592,7 @@ class CpuRawModule:
     ``name_expressions`` (like CuPy's) lists the template instances to build, e.g. ``["scale<float>"]``.
     """
 
-    def __init__(self, code, options=(), name_expressions=None, *, _names=None):
+    def __init__(self, code, options=(), name_expressions=None, *, _names=None, strict=False):
         self.code = code
         self.options = tuple(options)
         self.name_expressions = list(name_expressions or [])
@@ -507,13 +602,29 @@ class CpuRawModule:
         self._names = list(dict.fromkeys([*(_names or []), *self.name_expressions, *extern_c]))
         self._threads = bool(_SYNCS.search(code))
         self._constants = _CONSTANTS.findall(code)
-        self._lib = self._build()
+        self.strict = strict
+        self.param_names = {}  # kernel -> its parameters' names, for the kernels whose traffic is counted
+        self._lib = self._build_strict() if strict else self._build(code)
         self._kernels = {}
 
-    def _build(self):
-        body = _translate(self.code)
+    def _build_strict(self):
+        """Build with counted pointers; code the counting cannot express (casts of a pointer, say) builds
+        without them, and then only the barriers are checked."""
+        code = self.code
+        for name in self._names:
+            code, names = _counted(code, name)
+            if names is not None:
+                self.param_names[name] = names
+        try:
+            return self._build(code)
+        except CompileError:
+            self.param_names = {}
+            return self._build(self.code)
+
+    def _build(self, code):
+        body = _translate(code)
         launchers = "".join(LAUNCHER.format(i=i, expr=expr) for i, expr in enumerate(self._names))
-        launchers += "".join(GLOBAL.format(name=name) for name in self._constants)
+        launchers += "".join(GLOBAL.format(name=name) for name in self._constants) + STRICT_HOOKS
         cxx = _compiler()
         flags = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-w"]
         shim = _shim_header(cxx, flags)
@@ -579,7 +690,7 @@ class CpuRawModule:
 class CpuRawKernel:
     """``cupy.RawKernel`` for the CPU: ``kernel(grid, block, args, shared_mem=0)``."""
 
-    def __init__(self, code, name, options=()):
+    def __init__(self, code, name, options=(), strict=False):
         if "<" not in name and not re.search(r'extern\s+"C"', code):
             raise CompileError(
                 f'kernel {name!r} is not declared extern "C": C++ mangles its name and CuPy\'s RawKernel could '
@@ -587,10 +698,20 @@ class CpuRawKernel:
                 "name_expressions for templates."
             )
         self.name = name
-        self._kernel = CpuRawModule(code, options, _names=[name]).get_function(name)
+        self._kernel = CpuRawModule(code, options, _names=[name], strict=strict).get_function(name)
 
     def __call__(self, grid, block, args, shared_mem=0, **kwargs):
         return self._kernel(grid, block, args, shared_mem=shared_mem, **kwargs)
+
+    @property
+    def counts(self):
+        """After a strict launch: {pointer parameter: uint32 array (threads of the grid, [reads, writes])}."""
+        return self._kernel.counts
+
+    @property
+    def last_launch(self):
+        """(grid, block) of the last launch, as 3-tuples."""
+        return self._kernel.last_launch
 
 
 def _dims(value, what):
@@ -619,6 +740,9 @@ class _CpuKernel:
         self._launch = getattr(module._lib, f"cuda_cpu_launch_{index}")
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self._strict = module._lib.cuda_cpu_strict
+        self._strict.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_int]
+        self.counts, self.last_launch = None, None
 
     def __call__(self, grid, block, args, shared_mem=0, **kwargs):
         g, b = _dims(grid, "grid"), _dims(block, "block")
@@ -644,9 +768,27 @@ class _CpuKernel:
             holders.append(cell)
             pointers[i] = ctypes.addressof(cell)
         smem = np.zeros(int(shared_mem) + 64, np.uint8)
-        stuck = self._launch(
-            *g, *b, ctypes.cast(pointers, ctypes.c_void_p), smem.ctypes.data, int(self.module._threads)
-        )
+        counts = self._start_counting(g, b)
+        try:
+            stuck = self._launch(
+                *g, *b, ctypes.cast(pointers, ctypes.c_void_p), smem.ctypes.data, int(self.module._threads)
+            )
+        finally:
+            self._strict(None, 0, 0)
+        self.last_launch = (tuple(g), tuple(b))
+        if counts is not None:
+            names = self.module.param_names[self.name]
+            self.counts = {names[i]: counts[i] for i, p in enumerate(self.params) if p[0] == "p"}
+        if stuck < 0:
+            report = (ctypes.c_longlong * 4)()
+            self.module._lib.cuda_cpu_barrier_report(report)
+            t0, n0, t1, n1 = list(report)
+            raise LaunchError(
+                f"kernel {self.name!r}, block {-stuck - 1}: thread {t0} reached __syncthreads() {n0} times but "
+                f"thread {t1} {n1} times. Every thread of the block must reach every __syncthreads(): a barrier "
+                "inside an `if` that only some threads take hangs a GPU, or silently misbehaves. Do the "
+                "guarded work around the barrier."
+            )
         if stuck:
             raise LaunchError(
                 f"kernel {self.name!r} deadlocked in block {stuck - 1}: some threads wait in __syncthreads() while "
@@ -656,6 +798,18 @@ class _CpuKernel:
             )
         for i, arr, padded, lo in guarded:
             self._check_guards(i, arr, padded, lo)
+
+    def _start_counting(self, g, b):
+        """Strict launches: point the kernel at fresh counters (None when its traffic is not counted)."""
+        if not self.module.strict:
+            return None
+        if self.name not in self.module.param_names:
+            self._strict(None, 0, 1)
+            return None
+        threads = int(np.prod(g) * np.prod(b))
+        counts = np.zeros((len(self.params), threads, 2), np.uint32)
+        self._strict(counts.ctypes.data, threads, 1)
+        return counts
 
     def _pointer(self, i, arg, param, span, by_buffer, guarded):
         if isinstance(arg, np.ndarray):

@@ -33,8 +33,10 @@ Queries (all take the tracked array, after the kernel ran):
   one step at worst (1-2 when coalesced, up to 32 when strided);
 * ``assert_reads_per_thread(a, at_most)``, ``assert_writes_per_thread(a, at_most)``,
   ``assert_reads_per_block(a, at_most)``, ``assert_writes_per_block(a, at_most)``,
-  ``assert_each_element_read(a, at_most)``, ``assert_coalesced(a, kind=READ, at_most=2)``: raise AssertionError
-  with a message a learner can act on.
+  ``assert_each_element_read(a, at_most)``, ``assert_each_element_written_once(a)``,
+  ``assert_coalesced(a, kind=READ, at_most=2)``: raise AssertionError with a message a learner can act on.
+
+An out-of-bounds index raises IndexError naming the array and the access (``write to out[300]: ...``).
 """
 
 import threading
@@ -99,7 +101,10 @@ class TrackedArray:
         return len(self.data)
 
     def __getitem__(self, key):
-        value = self.data[key]
+        try:
+            value = self.data[key]
+        except IndexError as exc:
+            raise IndexError(f"read of {self.name}[{_show_key(key)}]: {exc}") from None
         ids = self._ids[key]
         if isinstance(value, np.ndarray):
             return TrackedArray(value, self._log, ids)  # a view: its element accesses count later
@@ -107,7 +112,10 @@ class TrackedArray:
         return value
 
     def __setitem__(self, key, value):
-        self.data[key] = value
+        try:
+            self.data[key] = value
+        except IndexError as exc:
+            raise IndexError(f"write to {self.name}[{_show_key(key)}]: {exc}") from None
         self._log.add(np.ravel(self._ids[key]), WRITE)
 
     def __array__(self, dtype=None, copy=None):
@@ -115,6 +123,10 @@ class TrackedArray:
 
     def __repr__(self):
         return f"TrackedArray({self.name!r}, shape={self.shape}, dtype={self.dtype}, {len(self._log.records)} accesses)"
+
+
+def _show_key(key):
+    return ", ".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
 def track(array, name="array"):
@@ -250,7 +262,8 @@ def assert_reads_per_thread(a, at_most):
         (block, thread), n = _worst(counts)
         raise AssertionError(
             f"{a.name}: thread {thread} of block {block} read {n} elements from global memory; at most {at_most} "
-            f"allowed. Load each value once (into a register or shared memory) and reuse it."
+            f"per thread allowed. Each thread does its own share of the work, and loads each value it needs once "
+            f"(into a register or shared memory) to reuse it."
         )
 
 
@@ -260,7 +273,8 @@ def assert_writes_per_thread(a, at_most):
         (block, thread), n = _worst(counts)
         raise AssertionError(
             f"{a.name}: thread {thread} of block {block} wrote {n} times to global memory; at most {at_most} "
-            f"allowed. Accumulate in a register or shared memory and write once."
+            f"per thread allowed. Each thread does its own share of the work (one thread doing everything in a "
+            f"loop is a CPU program), and accumulates in a register or shared memory to write each result once."
         )
 
 
@@ -291,6 +305,20 @@ def assert_each_element_read(a, at_most):
         raise AssertionError(
             f"{a.name}: element {idx} was read {int(counts.max())} times from global memory; at most {at_most} "
             f"allowed."
+        )
+
+
+def assert_each_element_written_once(a):
+    """Every element was written exactly once, over all threads (unwritten ones show as poison elsewhere)."""
+    counts = element_writes(a)
+    if counts.max(initial=0) > 1:
+        idx = tuple(int(i) for i in np.argwhere(counts > 1)[0])
+        flat = int(np.ravel_multi_index(idx, a._log.shape))
+        who = [f"thread {r[1]} of block {r[0]}" for r in _records(a, WRITE) if r[3] == flat][:2]
+        raise AssertionError(
+            f"{a.name}: element {idx} was written {int(counts[idx])} times ({' and '.join(who)}, ...): "
+            f"{int((counts > 1).sum())} elements were written more than once. Each element belongs to one thread: "
+            f"do several threads start at the same place or step too short a stride?"
         )
 
 

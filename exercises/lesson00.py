@@ -26,6 +26,9 @@ def fill_kernel(out, value):
     Hints:
     * ``i = cuda.grid(1)`` is this thread's global index, blockIdx.x * blockDim.x + threadIdx.x.
     * Threads with ``i >= out.size`` must do nothing: guard with ``if i < out.size:``.
+
+    Graded: every element written, one element per thread (in the simulator a thread may write out at most
+    once).
     """
     # TODO: one element per thread
     pass
@@ -37,6 +40,8 @@ def scale_kernel(x, alpha, out):
     """Exercise 00.2 — ``out[i] = alpha * x[i]`` for every i (1-D float32 arrays of the same size).
 
     Launched as ``scale_kernel[blocks, threads](x, alpha, out)``, again with more threads than elements.
+
+    Graded: the answer against torch; at most one read of x and one write of out per thread.
     """
     # TODO: like fill_kernel, but read x[i]
     pass

@@ -27,6 +27,9 @@ def add_kernel(a, b, out):
     Hints:
     * i = blockIdx.x * blockDim.x + threadIdx.x, or ``cuda.grid(1)`` for short.
     * The threads with i >= out.size must not touch memory at all (not even read a[i]).
+
+    Graded: the answer on ragged n; at most one read of a and of b and one write per thread, nothing out
+    of bounds.
     """
     # TODO
     pass
@@ -45,6 +48,8 @@ def grayscale_kernel(img, gray):
     Hints:
     * ``col, row = cuda.grid(2)`` — note the order: cuda.grid(2) returns (x, y).
     * H and W are not multiples of the block size: guard both.
+
+    Graded: the answer; at most 3 reads of img and 1 write of gray per thread.
     """
     # TODO
     pass
@@ -62,6 +67,10 @@ def saxpy_grid_stride_kernel(a, x, y, out):
     Hints:
     * ``cuda.grid(1)`` is where this thread starts; ``cuda.gridsize(1)`` (= gridDim.x * blockDim.x) is the stride.
     * ``for i in range(start, out.size, stride):`` needs no separate guard.
+
+    Graded: the answer for every launch, each element written exactly once, and no thread past its share
+    (ceil(n / threads in the grid) elements): striding by blockDim.x alone gets the numbers right and
+    still fails.
     """
     # TODO
     pass
@@ -103,6 +112,9 @@ def brighten_kernel(img, amount, out):
     Hints:
     * Two nested loops: rows outside, columns inside, like the 1-D grid-stride loop in each direction.
     * ``min(max(v, np.float32(0)), np.float32(1))`` clips inside a kernel (a bare ``0.0`` is a float64).
+
+    Graded: the answer for every launch, each element written exactly once, no thread past its share of
+    the pixels.
     """
     # TODO
     pass

@@ -48,6 +48,8 @@ def column_sums_kernel(a, out):
 
     Hints:
     * j = cuda.grid(1); guard ``j < a.shape[1]``; accumulate in a local variable and write out[j] once.
+
+    Graded: the answer; each element of a read once, coalesced reads, one write per thread.
     """
     # TODO
     pass

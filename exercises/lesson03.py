@@ -85,7 +85,8 @@ def block_sum_kernel(x, partial):
 
     Launch: ``block_sum_kernel[ceil(n / (2 * THREADS)), THREADS](x, partial)``.
 
-    Graded: the answer; each element of x read once, at most 2 reads per thread, one write per block.
+    Graded: the answer; each element of x read once, at most 2 reads per thread, one write per block, and
+    every thread reaching every cuda.syncthreads() (the grader counts them).
 
     Hints:
     * Thread t loads x[i] + x[i + THREADS] (i = blockIdx.x * 2 * THREADS + t, each guarded) into a
@@ -106,7 +107,8 @@ def row_max_kernel(a, out):
 
     Launch: ``row_max_kernel[rows, 32](a, out)`` — block r is one warp, it handles row r.
 
-    Graded: the answer (any cols, also fewer than 32), each element read once, one write per row, and no
+    Graded: the answer (any cols, also fewer than 32), each element read once, at most ceil(cols / 32)
+    reads per lane, one write per row, and no
     shared memory: use ``warp.shfl_xor_sync`` from course.warp (Numba's ``cuda.shfl_xor_sync`` on a GPU).
 
     Hints:
@@ -130,7 +132,8 @@ def histogram_kernel(x, hist):
     own shared histogram (shared atomics are cheap), then adds it to the global one: one global atomic per
     bin per block.
 
-    Graded: exact counts; each element of x read once; at most hist.size global updates per block.
+    Graded: exact counts; each element of x read once, no thread past its share of x; at most hist.size
+    global updates per block.
 
     Hints:
     * local = cuda.shared.array(MAX_BINS, np.int32); threads zero bins t, t + blockDim.x, ... ; syncthreads.

@@ -32,6 +32,8 @@ def matmul_naive_kernel(a, b, c):
     Hints:
     * col, row = cuda.grid(2); guard row < C.shape[0] and col < C.shape[1].
     * Accumulate ``s += a[row, k] * b[k, col]`` in a float32 register, write C once.
+
+    Graded: the answer on ragged shapes; at most K reads of A and of B and one write of C per thread.
     """
     # TODO
     pass

@@ -31,6 +31,9 @@ def conv2d_kernel(x, w, b, out, sh, sw, ph, pw):
     where input positions outside the image count as zero (that is what padding means).
     Hints: decode the flat index i into (n, o, oy, ox) with % and // (ox fastest); guard i against the total;
     skip (do not read) positions with iy or ix outside [0, H) / [0, W).
+
+    Graded: the answer (strided, padded, ragged); one write per thread, coalesced writes, at most C*KH*KW
+    reads of x per thread (padding taps skipped, not read).
     """
     i = cuda.grid(1)
     # TODO
@@ -46,6 +49,8 @@ def im2col_kernel(x, cols, KH, KW, sh, sw, ph, pw, OW):
 
     (the layout of torch.nn.functional.unfold). Then conv2d = weight.reshape(O, -1) @ cols[n]: a GEMM.
     Every element of cols must be written, zeros included: the grader poisons cols first.
+
+    Graded: every element of cols; one read of x and one write per thread, coalesced writes.
     """
     i = cuda.grid(1)
     # TODO
@@ -66,5 +71,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     3. Copy x, weight and the bias (zeros when None) to the device as float32, allocate out (N, O, OH, OW),
        launch your conv2d_kernel with one thread per output, copy out back.
     Bonus: when x is already a Numba device array, return the device array (no copy back).
+
+    Graded: the answer, the errors, and that it launches your conv2d_kernel with a thread per output
+    element.
     """
     raise NotImplementedError("Exercise 06.3: conv2d")

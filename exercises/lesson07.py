@@ -31,6 +31,9 @@ def softmax_kernel(x, out):
     3. out[row, j] = exp(x[row, j] - max) / sum.
     Rows may be shorter than 32 (lanes with nothing to do must still join every shuffle) and values may be
     huge (1e4): exp(1e4) overflows, exp(x - max) never does. Careful: -inf - (-inf) is NaN.
+
+    Graded: the answer (rows shorter than 32, logits of 1e4); a lane reads each of its elements at most
+    twice and writes each once.
     """
     row = cuda.blockIdx.x
     lane = cuda.threadIdx.x
@@ -63,6 +66,9 @@ def group_norm_kernel(x, w, b, out, num_groups, eps, silu):
     3. var = M2 / size (biased, like torch); out = (x - mean) / sqrt(var + eps) * w[c] + b[c];
        if silu: out = out * sigmoid(out) = out / (1 + exp(-out)).
     Why Welford: the grader's data sit around 1000 with a spread of 1: E[x²] - E[x]² in float32 loses the variance.
+
+    Graded: the answer on data around 1000; a thread reads each element of its share at most twice and
+    writes each once.
     """
     cnt = cuda.shared.array(NORM_THREADS, int32)
     mean = cuda.shared.array(NORM_THREADS, float32)
@@ -78,6 +84,9 @@ def softmax(x):
 
     Flatten the leading axes into rows (R = prod(shape[:-1])), copy to the device, launch your
     softmax_kernel[R, 32], copy back and restore the shape. ValueError for a 0-d array or an empty last axis.
+
+    Graded: the answer for any shape, and that it launches softmax_kernel[rows, 32] (a numpy answer
+    fails).
     """
     raise NotImplementedError("Exercise 07.3: softmax")
 
@@ -88,6 +97,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False):
 
     weight/bias (C,) default to ones/zeros. View x as (N, C, S), launch your group_norm_kernel.
     ValueError when num_groups does not divide C, or weight/bias do not have shape (C,).
+
+    Graded: the answer, the errors, and that it launches group_norm_kernel[N * num_groups, NORM_THREADS].
     """
     raise NotImplementedError("Exercise 07.4: group_norm")
 
@@ -97,5 +108,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 
     Hint: a LayerNorm of rows (R, D) is a GroupNorm of x viewed as (R, D, 1) with ONE group — the per-channel
     affine of GroupNorm is then exactly LayerNorm's per-feature affine.
+
+    Graded: the answer, and that it launches group_norm_kernel[rows, NORM_THREADS].
     """
     raise NotImplementedError("Exercise 07.4: layer_norm")

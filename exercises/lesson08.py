@@ -25,6 +25,8 @@ def scores_kernel(q, k, s, scale):
 
     ONE THREAD PER SCORE on a 3-D grid: x over keys j, y over queries i, z over bh (blockIdx.z, one head per
     z-slice). The grader launches blocks of (8, 8) threads; guard i < Lq and j < Lk.
+
+    Graded: the answer; at most D reads of q and of k and one write per thread.
     """
     # TODO
     pass
@@ -43,6 +45,9 @@ def attention_row_kernel(q, k, v, out, scale):
       finally out[bh, i, :] = acc / s
     acc is a per-thread array: cuda.local.array(DMAX, float32) (only the first Dv entries are used; Dv = v.shape[2]
     may differ from D = q.shape[2]). Start with m = float32(-inf), s = 0, acc = 0 (float32 everywhere: float64 is slow on GPUs).
+
+    Graded: the answer (Dv != D, logits that overflow a naive exp); per thread at most Lk*D reads of q and
+    of k, Lk*Dv of v and Dv writes: one query row each.
     """
     r = cuda.grid(1)
     # TODO
@@ -62,5 +67,8 @@ def attention(q, k, v, heads=None, scale=None):
        raise ValueError with the shapes in the message.
     2. Bring each of q, k, v to (B*H, L, D) contiguous float32 (numpy reshape/transpose), copy to the device.
     3. Launch your attention_row_kernel over B*H*Lq threads, copy back, restore the input's layout.
+
+    Graded: the answer in both layouts, the errors, and that it launches attention_row_kernel with a
+    thread per query row.
     """
     raise NotImplementedError("Exercise 08.3: attention")

@@ -48,6 +48,8 @@ def randn_kernel(key, out):
     last thread has no partner: write out[2p+1] only if 2p+1 < n.
     Hints: shift with np.uint64(11) and add np.uint64(1) (stay in uint64: mixing uint64 and int64 makes a
     float64 in Numba); a uint64 times 2.0**-53 is a float64; use math.sqrt, math.log, math.cos, math.sin.
+
+    Graded: equal to minisd's stream; at most 2 writes per thread.
     """
     p = cuda.grid(1)
     n = out.size
@@ -84,6 +86,8 @@ def cfg_combine_kernel(eps_uncond, eps_cond, guidance_scale, out):
 
     One thread per element; the last block runs past the end, so guard with `if i < out.size`.
     (g = 0 → the unconditional model, g = 1 → the conditional one, g > 1 → pushed further toward the prompt.)
+
+    Graded: the answer; one read of each input and one write per thread.
     """
     i = cuda.grid(1)
     # TODO: guard and write out[i].
@@ -119,6 +123,8 @@ def ddim_step_kernel(sample, eps, noise, alpha_prod_t, alpha_prod_t_prev, sigma,
     with ᾱ_t = alpha_prod_t, ᾱ_prev = alpha_prod_t_prev, σ = sigma. Note: the direction term uses the
     model's eps, not one recomputed from the clipped x0 (diffusers' default use_clipped_model_output=False).
     Hint: min(max(x0, −r), r) clamps; math.sqrt of a float64 scalar is fine in a kernel.
+
+    Graded: the answer; one read of sample, eps and noise and one write per thread.
     """
     i = cuda.grid(1)
     # TODO: guard, x0, clip, combine, write out[i].
@@ -158,6 +164,8 @@ def ddpm_step_kernel(sample, eps, noise, alpha_prod_t, alpha_prod_t_prev, std, c
     x0        = (sample − sqrt(1 − ᾱ_t)·eps) / sqrt(ᾱ_t),   clamped to ±clip_range if clip
     mean      = sqrt(ᾱ_prev)·β_t' / (1 − ᾱ_t) · x0  +  sqrt(1 − β_t')·(1 − ᾱ_prev) / (1 − ᾱ_t) · sample
     out       = mean + std·noise[i]          (only if std > 0; the host passes a 1-element dummy otherwise)
+
+    Graded: the answer; one read of sample, eps and noise and one write per thread.
     """
     i = cuda.grid(1)
     # TODO: guard, x0 (clipped), the two coefficients, mean, noise, write out[i].

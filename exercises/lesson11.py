@@ -106,6 +106,8 @@ def bias_add_kernel(out, bias):
     """out[r, c] += bias[c] for out (M, N): one thread per element (flat index i, r = i // N, c = i % N).
 
     Part of exercise 11.1. Guard i < M·N.
+
+    Graded: the answer; one read of out and of bias and one write per thread.
     """
     i = cuda.grid(1)
     # TODO
@@ -126,6 +128,8 @@ def linear(x, weight, bias=None):
     4. If bias is given, launch your bias_add_kernel on C.
     5. out = _check_written(C.copy_to_host(), f"lesson 04's {GEMM_KERNEL}") (a stub GEMM leaves NaN:
        it says so), reshaped to (*x.shape[:-1], out).
+
+    Graded: the answer, the errors, and that it launches the GEMM and bias_add_kernel.
     """
     raise NotImplementedError("Exercise 11.1: linear")
 
@@ -133,7 +137,10 @@ def linear(x, weight, bias=None):
 # --------------------------------------------------------------------------- Exercise 11.2: the activations
 @cuda.jit
 def silu_kernel(x, out):
-    """Exercise 11.2 — out[i] = x[i] · sigmoid(x[i]) = x[i] / (1 + exp(−x[i])) on flat arrays, guarded."""
+    """Exercise 11.2 — out[i] = x[i] · sigmoid(x[i]) = x[i] / (1 + exp(−x[i])) on flat arrays, guarded.
+
+    Graded: one read and one write per thread.
+    """
     i = cuda.grid(1)
     # TODO
     pass
@@ -147,7 +154,10 @@ def _gelu(v):
 
 @cuda.jit
 def gelu_kernel(x, out):
-    """Exercise 11.2 — out[i] = GELU(x[i]), the exact (erf) form used by minisd, on flat arrays, guarded."""
+    """Exercise 11.2 — out[i] = GELU(x[i]), the exact (erf) form used by minisd, on flat arrays, guarded.
+
+    Graded: one read and one write per thread.
+    """
     i = cuda.grid(1)
     # TODO: use the device function _gelu above
     pass
@@ -158,6 +168,8 @@ def geglu_kernel(x, out):
     """Exercise 11.2 — x (M, 2H) → out (M, H): out[m, h] = x[m, h] · GELU(x[m, H + h]).
 
     One thread per OUTPUT element: i → (m, h) = (i // H, i % H) with H = out.shape[1]; guard i < M·H.
+
+    Graded: two reads and one write per thread.
     """
     i = cuda.grid(1)
     # TODO
@@ -202,6 +214,9 @@ def resnet_block(x, temb, p, groups=8, eps=1e-5):
       return shortcut + h, shortcut = conv_shortcut(x) (1x1) if "conv_shortcut.weight" in p else x
     Hints: keys are "norm1.weight", "norm1.bias", "conv1.weight", "conv1.bias", "time_emb_proj.weight", …;
     numpy's + does the two additions (minisd's CuPy backend fuses them into the conv's epilogue).
+
+    Graded: against minisd's block, and that it runs on your kernels (the norms, convolutions, GEMM and
+    SiLU are launched).
     """
     raise NotImplementedError("Exercise 11.3: resnet_block")
 
@@ -220,5 +235,8 @@ def transformer_block(x, context, p, heads):
     attn(y, ctx) = to_out.0( attention(to_q(y), to_k(ctx), to_v(ctx), heads=heads) ); to_q/k/v have no bias.
     Keys: "norm1.weight", "attn1.to_q.weight", "attn1.to_out.0.bias", "ff.net.0.proj.weight", "ff.net.2.bias", …
     Hint: write the helper _attention_layer(p, "attn1.", y, ctx, heads) above first.
+
+    Graded: against minisd's block, and that it runs on your kernels (norms, attention, GEMMs and GEGLU
+    are launched).
     """
     raise NotImplementedError("Exercise 11.4: transformer_block")

@@ -80,6 +80,8 @@ def quantize_int8_kernel(w, scale, q):
     """q[o, i] = round(w[o, i] / scale[o]) clamped to [−127, 127] (int8), one thread per element.
 
     2-D grid: o, i = cuda.grid(2); guard both (o < rows, i < cols). round() of a float gives an int.
+
+    Graded: exact rounding; one read of w and one write per thread.
     """
     o, i = cuda.grid(2)
     # TODO: guard, divide by this row's scale, round, clamp, store.
@@ -126,6 +128,8 @@ def prune_2_4_kernel(w, out):
     when |w_m| > |w_k|, or |w_m| == |w_k| and m < k (ties go to the lower index, so exactly 2 survive).
     Grid: (rows, cols/4) threads; guard row < w.shape[0] and 4g < w.shape[1].
     Why: NVIDIA's sparse tensor cores skip the zeros of exactly this pattern — half the weights, up to 2× math.
+
+    Graded: the torch oracle; at most 4 writes per thread (its group).
     """
     row, g = cuda.grid(2)
     # TODO: for each k of the 4: count who beats it, then write w or 0.

@@ -167,3 +167,81 @@ def test_coalescing_is_measured_per_warp_step():
     with pytest.raises(AssertionError, match="32 128-byte segments"):
         traffic.assert_coalesced(strided)
     assert traffic.steps(coalesced, kind=traffic.WRITE).shape == (0, 0)
+
+
+@cuda.jit
+def strided_copy(x, out, step_by_grid):
+    """A grid-stride copy; with step_by_grid False it steps by blockDim.x, the bug lesson 01 warns about."""
+    step = cuda.gridsize(1) if step_by_grid else cuda.blockDim.x
+    for i in range(cuda.grid(1), out.size, step):
+        out[i] = x[i]
+
+
+def test_each_element_written_once_catches_a_short_stride():
+    x = np.arange(50, dtype=np.float32)
+    good, bad = (traffic.track(np.zeros(50, np.float32), "out") for _ in range(2))
+    strided_copy[3, 8](x, good, True)
+    strided_copy[3, 8](x, bad, False)
+    np.testing.assert_array_equal(good.data, x)
+    np.testing.assert_array_equal(bad.data, x)  # the right answer: only the traffic shows the bug
+    traffic.assert_each_element_written_once(good)
+    with pytest.raises(AssertionError, match=r"out: element \(8,\) was written 2 times .* more than once"):
+        traffic.assert_each_element_written_once(bad)
+
+
+@cuda.jit
+def unguarded(x, out):
+    i = cuda.grid(1)
+    out[i] = x[i]
+
+
+def test_out_of_bounds_access_names_the_array_and_the_index():
+    x, out = traffic.track(np.ones(40, np.float32), "x"), traffic.track(np.zeros(40, np.float32), "out")
+    with pytest.raises(
+        IndexError, match=r"read of x\[\d+\]: index \d+ is out of bounds for axis 0 with size 40"
+    ):
+        unguarded[2, 32](x, out)
+    x = np.ones(64, np.float32)
+    with pytest.raises(IndexError, match=r"write to out\[\d+\]: index \d+ is out of bounds"):
+        unguarded[2, 32](x, traffic.track(np.zeros(40, np.float32), "out"))
+
+
+SAXPY_CPP = r"""
+extern "C" __global__ void saxpy(float a, const float* x, const float* __restrict__ y, float* out, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = a * x[i] + y[i];
+}"""
+SUM_CPP = r"""
+extern "C" __global__ void block_sum(const float* x, float* total, int n, int divergent) {
+    __shared__ float partial[64];
+    partial[threadIdx.x] = threadIdx.x < n ? x[threadIdx.x] : 0.0f;
+    __syncthreads();
+    for (int stride = 32; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        if (!divergent || threadIdx.x < stride) __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(total, partial[0]);
+}"""
+
+
+@pytest.mark.skipif(mode.has_cupy(), reason="CuPy on a GPU counts nothing")
+def test_cuda_cpu_strict_counts_each_threads_traffic_and_barriers():
+    from course import cuda_cpu
+
+    n = 1000
+    x, y, out = np.arange(n, dtype=np.float32), np.ones(n, np.float32), np.zeros(n, np.float32)
+    kernel = cuda_cpu.RawKernel(SAXPY_CPP, "saxpy", strict=True)
+    kernel((3,), (64,), (np.float32(2), x, y, out, np.int32(n)))
+    np.testing.assert_allclose(out, 2 * x + 1)
+    assert kernel.last_launch == ((3, 1, 1), (64, 1, 1))
+    per_thread = -(-n // 192)  # 6: the grid of 192 threads shares the 1000 elements
+    assert kernel.counts["x"][:, 0].max() == per_thread and kernel.counts["x"][:, 1].max() == 0
+    assert kernel.counts["out"][:, 1].max() == per_thread and kernel.counts["out"][:, 1].sum() == n
+    total = np.zeros(1, np.float32)
+    summed = cuda_cpu.RawKernel(SUM_CPP, "block_sum", strict=True)
+    summed((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(0)))
+    assert total[0] == x[:64].sum() and summed.counts["total"][:, 1].sum() == 1  # one atomic, one write
+    with pytest.raises(
+        cuda_cpu.LaunchError, match=r"thread 0 reached __syncthreads\(\) 7 times but thread \d+"
+    ):
+        summed((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(1)))
+    cuda_cpu.RawKernel(SUM_CPP, "block_sum")((1,), (64,), (x[:64].copy(), total, np.int32(64), np.int32(1)))

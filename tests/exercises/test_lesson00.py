@@ -7,50 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import minisd.mode  # noqa: F401  (before numba.cuda)
-from course.grading import assert_close, load, poison
-
-# isort: split
-from numba import cuda
+import course.grading as grading
+from course.grading import Out, assert_close, load
 
 ex = load("lesson00")
-rng = np.random.default_rng()
-OUT = object()  # where the output goes in a kernel's argument list
-
-
-def _padded(host, pad):
-    """A device view of ``host`` inside a bigger NaN buffer, so stray accesses land in memory we can inspect."""
-    inside = tuple(slice(0, s) for s in host.shape)
-    padded = poison(tuple(s + pad for s in host.shape), host.dtype)
-    padded[inside] = host
-    buf = cuda.to_device(padded)
-    return buf, buf[inside]
-
-
-def launch(kernel, blocks, threads, n, *args):
-    """Run ``kernel[blocks, threads](*args)`` with OUT replaced by a poisoned float32 output of n elements.
-
-    Out-of-bounds accesses fail clearly: the simulator raises IndexError, and on a GPU a stray write lands in
-    the NaN padding after the output, which is checked.
-    """
-    # room for every index the launch can produce, so a stray access stays inside a buffer
-    pad = 8 + blocks * threads
-    out_buf, out = _padded(poison(n), pad)
-    device_args = [out if a is OUT else _padded(a, pad)[1] if isinstance(a, np.ndarray) else a for a in args]
-    try:
-        kernel[blocks, threads](*device_args)
-        cuda.synchronize()
-    except IndexError as exc:
-        raise AssertionError(
-            f"a thread read or wrote out of bounds ({exc}). Launch was {blocks} blocks x {threads} threads for "
-            f"{n} elements: the threads past the end must do nothing — guard with `if i < out.size:`."
-        ) from None
-    host = out_buf.copy_to_host()
-    if not np.isnan(host[n:]).all():
-        raise AssertionError(
-            f"a thread wrote past the end of out ({n} elements): guard with `if i < out.size:`."
-        )
-    return host[:n]
+rng = grading.rng
 
 
 def _ragged_n():
@@ -58,25 +19,42 @@ def _ragged_n():
 
 
 # 00.1 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("00.1", hint="i = cuda.grid(1); if i < out.size: out[i] = value")
+@pytest.mark.exercise(
+    "00.1",
+    hints=(
+        "One thread per element: each thread works out which element is its own and writes only that one.",
+        "cuda.grid(1) is the thread's element; the last block runs past the end of out, so only threads with "
+        "an index below out.size may write.",
+        "i = cuda.grid(1); if i < out.size: out[i] = value",
+    ),
+)
 @pytest.mark.parametrize("threads", [128, 32])
 def test_fill_every_element_once(threads):
     n = _ragged_n()
     value = float(rng.normal())
     blocks = math.ceil(n / threads) + 1  # one whole block more than needed: it must do nothing
-    out = launch(ex.fill_kernel, blocks, threads, n, OUT, value)
-    assert_close(out, np.full(n, value, dtype=np.float32), what="fill_kernel output")
+    run = grading.launch(ex.fill_kernel, blocks, threads, Out(n), value)
+    assert_close(run.out, np.full(n, value, dtype=np.float32), what="fill_kernel output")
+    run.budget(writes={"out": 1})  # one element per thread: a loop in one thread is not a GPU kernel
 
 
 # 00.2 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("00.2", hint="Same shape as fill_kernel: guard, then out[i] = alpha * x[i].")
+@pytest.mark.exercise(
+    "00.2",
+    hints=(
+        "The same shape as fill_kernel: one element per thread, guarded; this time it reads x too.",
+        "i = cuda.grid(1); the guard i < out.size protects the read of x[i] as well as the write.",
+        "i = cuda.grid(1); if i < out.size: out[i] = alpha * x[i]",
+    ),
+)
 def test_scale_matches_torch():
     n = _ragged_n()
     x = rng.standard_normal(n).astype(np.float32)
     alpha = float(rng.uniform(-3, 3))
-    out = launch(ex.scale_kernel, math.ceil(n / 64), 64, n, x, alpha, OUT)
+    run = grading.launch(ex.scale_kernel, math.ceil(n / 64), 64, x, alpha, Out(n))
     ref = (torch.from_numpy(x).double() * alpha).numpy()
-    assert_close(out, ref, rtol=1e-6, atol=1e-6, what="scale_kernel output")
+    assert_close(run.out, ref, rtol=1e-6, atol=1e-6, what="scale_kernel output")
+    run.budget(reads={"x": 1}, writes={"out": 1})
 
 
 # 00.3 -------------------------------------------------------------------------------------------------
@@ -87,9 +65,16 @@ def _floor_oracle(bytes_moved, flops, bandwidth, peak):
     return seconds * 1000, "compute" if compute_bound else "memory"
 
 
-@pytest.mark.exercise(
-    "00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound."
+FLOOR_HINTS = (
+    "Memory and arithmetic run at the same time: the kernel takes as long as the slower of the two.",
+    "Time to move the bytes is bytes / bandwidth, time for the FLOPs is flops / peak_flops; the larger one is "
+    "the floor and names the bound (in ms: times 1000).",
+    "ms = 1000 * max(bytes_moved / peak_bandwidth, flops / peak_flops); bound = 'compute' if the FLOP term is "
+    "larger, else 'memory'.",
 )
+
+
+@pytest.mark.exercise("00.3", hints=FLOOR_HINTS)
 def test_time_floor_on_known_kernels():
     ms, bound = ex.time_floor_ms(3 * 4 * 2**24, 2 * 2**24, 3.0e12, 52e12)  # saxpy, 16 M floats, H100
     assert bound == "memory", f"saxpy is memory-bound, got {bound!r}"
@@ -99,9 +84,7 @@ def test_time_floor_on_known_kernels():
     assert ms == pytest.approx(2.643, rel=1e-3), f"4096^3 GEMM: expected 2.643 ms, got {ms}"
 
 
-@pytest.mark.exercise(
-    "00.3", hint="ms = 1000 * max(bytes / bandwidth, flops / peak_flops); the larger term names the bound."
-)
+@pytest.mark.exercise("00.3", hints=FLOOR_HINTS)
 def test_time_floor_random():
     for _ in range(200):
         args = [float(10 ** rng.uniform(3, 12)), float(10 ** rng.uniform(3, 13)), 10 ** rng.uniform(11, 13)]
@@ -114,7 +97,14 @@ def test_time_floor_random():
         )
 
 
-@pytest.mark.exercise("00.3", hint="Check the arguments first and raise ValueError naming the bad one.")
+@pytest.mark.exercise(
+    "00.3",
+    hints=(
+        "Bad input gets a clear error before any arithmetic.",
+        "Check each argument first (sizes >= 0, peaks > 0) and raise ValueError with the argument's name.",
+        "if bytes_moved < 0: raise ValueError(f'bytes_moved must be >= 0, got {bytes_moved}') (and so on)",
+    ),
+)
 @pytest.mark.parametrize(
     "args, name",
     [((-1, 10, 1e12, 1e12), "bytes_moved"), ((1, -10, 1e12, 1e12), "flops"), ((1, 10, 0, 1e12), "peak_bandwidth"),
@@ -128,7 +118,12 @@ def test_time_floor_rejects_bad_arguments(args, name):
 # 00.4 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
     "00.4",
-    hint="saxpy touches 3 arrays of n items; GEMM touches A, B, C once each; 2 FLOPs per multiply-add.",
+    hints=(
+        "Count the least traffic possible: every input read once, every output written once.",
+        "saxpy reads x and y and writes out (3 arrays of n items); a GEMM reads A (m*k) and B (k*n) and writes "
+        "C (m*n); a multiply-add is 2 FLOPs.",
+        "saxpy: (3 * n * itemsize, 2 * n); gemm: (itemsize * (m*k + k*n + m*n), 2 * m * n * k)",
+    ),
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 def test_costs_match_real_arrays(dtype):
@@ -144,7 +139,14 @@ def test_costs_match_real_arrays(dtype):
     )
 
 
-@pytest.mark.exercise("00.4", hint="intensity = flops / bytes; saxpy in fp32 is 2 / 12 FLOP per byte.")
+@pytest.mark.exercise(
+    "00.4",
+    hints=(
+        "Arithmetic intensity is work per byte of traffic.",
+        "intensity = flops / bytes_moved; refuse bytes_moved <= 0 and negative sizes with ValueError naming them.",
+        "saxpy in fp32: 2 FLOPs per 12 bytes = 1/6; return flops / bytes_moved after the checks.",
+    ),
+)
 def test_intensities():
     assert ex.intensity(*ex.saxpy_cost(1000)) == pytest.approx(1 / 6)
     assert ex.intensity(*ex.gemm_cost(4096, 4096, 4096)) == pytest.approx(4096 / 6)
@@ -159,7 +161,13 @@ def test_intensities():
 
 # 00.5 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
-    "00.5", hint="bytes in flight = bandwidth * latency; threads = ceil(bytes in flight / bytes per thread)."
+    "00.5",
+    hints=(
+        "Little's law: to keep memory busy, enough requests must be in flight to cover the latency.",
+        "bytes in flight = bandwidth * latency; each thread has bytes_per_thread in flight, so round the "
+        "number of threads up.",
+        "bytes_in_flight = bandwidth * latency_s; threads_needed = math.ceil(bytes_in_flight / bytes_per_thread)",
+    ),
 )
 def test_littles_law():
     assert ex.bytes_in_flight(3.0e12, 600e-9) == pytest.approx(1.8e6)

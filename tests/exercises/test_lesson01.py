@@ -6,53 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import minisd.mode  # noqa: F401  (before numba.cuda)
-from course.grading import assert_close, load, poison
-
-# isort: split
-from numba import cuda
+import course.grading as grading
+from course.grading import Out, assert_close, load
 
 ex = load("lesson01")
-rng = np.random.default_rng()
-OUT = object()  # where the output goes in a kernel's argument list
-
-
-def _padded(host, pad):
-    """A device view of ``host`` inside a bigger NaN buffer (every axis longer by pad): stray accesses land in
-    memory the test can inspect instead of in someone else's array."""
-    inside = tuple(slice(0, s) for s in host.shape)
-    padded = poison(tuple(s + pad for s in host.shape), host.dtype)
-    padded[inside] = host
-    buf = cuda.to_device(padded)
-    return buf, buf[inside]
-
-
-def launch(kernel, blocks, threads, out_shape, *args):
-    """Run ``kernel[blocks, threads](*args)`` with OUT replaced by a poisoned float32 output of out_shape.
-
-    Out-of-bounds accesses fail clearly: the simulator raises IndexError; on a GPU a stray write lands in the
-    NaN padding around the output, which is checked.
-    """
-    # room for every index the launch can produce on any axis, so a stray access stays inside a buffer
-    pad = 8 + int(max(b * t for b, t in zip(np.atleast_1d(blocks), np.atleast_1d(threads), strict=True)))
-    out_buf, out = _padded(poison(out_shape), pad)
-    device_args = [out if a is OUT else _padded(a, pad)[1] if isinstance(a, np.ndarray) else a for a in args]
-    config = f"{blocks} blocks x {threads} threads for output shape {out_shape}"
-    try:
-        kernel[blocks, threads](*device_args)
-        cuda.synchronize()
-    except IndexError as exc:
-        raise AssertionError(
-            f"a thread read or wrote out of bounds ({exc}); launch was {config}. Threads outside the output "
-            "must not touch memory: check the guard (and that x is the column, y the row)."
-        ) from None
-    host = out_buf.copy_to_host()
-    inside = tuple(slice(0, s) for s in out_shape)
-    outside = np.ones(host.shape, bool)
-    outside[inside] = False
-    if not np.isnan(host[outside]).all():
-        raise AssertionError(f"a thread wrote outside the output; launch was {config}: check the guard.")
-    return host[inside]
+rng = grading.rng
 
 
 def _odd(low, high):
@@ -65,47 +23,79 @@ def _image(h, w):
 
 # 01.1 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
-    "01.1", hint="i = cuda.grid(1); guard with `if i < out.size` — the last block runs past the end."
+    "01.1",
+    hints=(
+        "One thread per element, and the last block sticks out past the end of the arrays.",
+        "i = cuda.grid(1) (blockIdx.x * blockDim.x + threadIdx.x); threads with i >= out.size must not even "
+        "read a[i].",
+        "i = cuda.grid(1); if i < out.size: out[i] = a[i] + b[i]",
+    ),
 )
 @pytest.mark.parametrize("threads", [32, 128])
 def test_vector_add_ragged(threads):
     n = _odd(200, 700)
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
-    out = launch(ex.add_kernel, math.ceil(n / threads), threads, (n,), a, b, OUT)
+    run = grading.launch(ex.add_kernel, math.ceil(n / threads), threads, a, b, Out(n))
     ref = torch.from_numpy(a).double() + torch.from_numpy(b).double()
-    assert_close(out, ref.numpy(), rtol=1e-6, what="add_kernel output")
+    assert_close(run.out, ref.numpy(), rtol=1e-6, what="add_kernel output")
+    run.budget(reads={"a": 1, "b": 1}, writes={"out": 1})
 
 
 # 01.2 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("01.2", hint="col, row = cuda.grid(2) (x is the column); guard row < H and col < W.")
+@pytest.mark.exercise(
+    "01.2",
+    hints=(
+        "A 2-D grid: one thread per pixel, x along a row (the column), y down the image (the row).",
+        "col, row = cuda.grid(2) returns (x, y); H and W are not multiples of the block, so guard both.",
+        "col, row = cuda.grid(2); if row < gray.shape[0] and col < gray.shape[1]: gray[row, col] = "
+        "0.299 R + 0.587 G + 0.114 B of img[row, col] (float32 constants).",
+    ),
+)
 @pytest.mark.parametrize("threads", [(8, 8), (16, 4)])
 def test_grayscale_2d_grid(threads):
     h, w = _odd(11, 25), _odd(27, 41)  # not square, so swapping rows and columns shows
     img = _image(h, w)
     blocks = (math.ceil(w / threads[0]), math.ceil(h / threads[1]))
-    gray = launch(ex.grayscale_kernel, blocks, threads, (h, w), img, OUT)
+    run = grading.launch(ex.grayscale_kernel, blocks, threads, img, Out((h, w)))
     ref = torch.from_numpy(img).double() @ torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-    assert_close(gray, ref.numpy(), rtol=1e-5, atol=1e-6, what="grayscale_kernel output")
+    assert_close(run.out, ref.numpy(), rtol=1e-5, atol=1e-6, what="grayscale_kernel output")
+    run.budget(reads={"img": 3}, writes={"gray": 1})
 
 
 # 01.3 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
-    "01.3", hint="for i in range(cuda.grid(1), out.size, cuda.gridsize(1)): out[i] = a * x[i] + y[i]"
+    "01.3",
+    hints=(
+        "Each thread starts at its own global index and jumps ahead by the number of threads in the whole "
+        "grid, until it runs off the end.",
+        "start = cuda.grid(1), stride = cuda.gridsize(1) (gridDim.x * blockDim.x, not blockDim.x): a range() "
+        "from start to out.size in steps of stride needs no separate guard.",
+        "for i in range(cuda.grid(1), out.size, cuda.gridsize(1)): out[i] = a * x[i] + y[i]",
+    ),
 )
 @pytest.mark.parametrize("blocks, threads", [(1, 1), (1, 7), (3, 5), (2, 32), (40, 32)])
 def test_grid_stride_saxpy_any_launch(blocks, threads):
-    n = _odd(150, 400)  # (40, 32) launches far more threads than elements
+    n = _odd(150, 400)  # (3, 5) has far fewer threads than elements, (40, 32) far more
     x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     a = float(rng.uniform(-2, 2))
-    out = launch(ex.saxpy_grid_stride_kernel, blocks, threads, (n,), a, x, y, OUT)
+    run = grading.launch(ex.saxpy_grid_stride_kernel, blocks, threads, a, x, y, Out(n))
     ref = a * torch.from_numpy(x).double() + torch.from_numpy(y).double()
     assert_close(
-        out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy with {blocks} blocks x {threads} threads"
+        run.out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy with {blocks} blocks x {threads} threads"
     )
+    share = math.ceil(n / (blocks * threads))  # elements per thread when the grid shares the work evenly
+    run.written_once("out").budget(reads={"x": share, "y": share}, writes={"out": share})
 
 
 # 01.4 -------------------------------------------------------------------------------------------------
-@pytest.mark.exercise("01.4", hint="Integer ceil-division: (n + threads - 1) // threads.")
+@pytest.mark.exercise(
+    "01.4",
+    hints=(
+        "The smallest number of blocks whose threads cover every element, in whole numbers.",
+        "Ceil-divide in integers: a float division loses precision once n passes 2**53.",
+        "return (n + threads - 1) // threads",
+    ),
+)
 def test_blocks_for():
     cases = [(1, 1), (1, 1024), (256, 256), (257, 256), (10**18 + 1, 1024), (2**53 + 1, 2)]
     cases += [(int(rng.integers(1, 10**6)), int(rng.integers(1, 1025))) for _ in range(300)]
@@ -118,7 +108,16 @@ def test_blocks_for():
         assert (got - 1) * threads < n, f"blocks_for({n}, {threads}) = {got}: the last block is entirely idle"
 
 
-@pytest.mark.exercise("01.4", hint="Validate first: TypeError for non-ints, ValueError naming n or threads.")
+@pytest.mark.exercise(
+    "01.4",
+    hints=(
+        "Check the arguments before computing anything.",
+        "TypeError when n or threads is not an int (bool is not a count either); ValueError naming the argument "
+        "when n < 1 or threads is outside 1..1024.",
+        "if isinstance(n, bool) or not isinstance(n, int): raise TypeError('n must be an int ...'); "
+        "if n < 1: raise ValueError('n must be >= 1 ...'); the same for threads with 1..MAX_THREADS_PER_BLOCK.",
+    ),
+)
 @pytest.mark.parametrize(
     "args, error, name",
     [((0, 256), ValueError, "n"), ((-5, 256), ValueError, "n"), ((100, 0), ValueError, "threads"),
@@ -130,7 +129,12 @@ def test_blocks_for_rejects_bad_arguments(args, error, name):
 
 
 @pytest.mark.exercise(
-    "01.4", hint="blocks = (blocks_for(w, tx), blocks_for(h, ty)): x goes with columns (w)."
+    "01.4",
+    hints=(
+        "One blocks_for per axis, with the course's convention: x counts columns, y counts rows.",
+        "threads = (tx, ty): blocks along x cover w, blocks along y cover h; refuse tx * ty > 1024.",
+        "return (blocks_for(w, tx), blocks_for(h, ty)), (tx, ty)  (after checking tx * ty)",
+    ),
 )
 def test_grid_2d():
     assert ex.grid_2d(1080, 1920, (32, 8)) == ((60, 135), (32, 8))
@@ -151,7 +155,14 @@ def test_grid_2d():
 
 # 01.5 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
-    "01.5", hint="Two grid-stride loops: rows from cuda.grid(2)[1] by cuda.gridsize(2)[1], columns likewise."
+    "01.5",
+    hints=(
+        "The 1-D grid-stride loop, once per direction: every thread visits a lattice of pixels.",
+        "Start at (col, row) = cuda.grid(2) and step by (cols, rows) = cuda.gridsize(2); rows in the outer "
+        "loop, columns inside, all 3 channels per pixel.",
+        "for row in range(row0, H, rows): for col in range(col0, W, cols): for c in range(3): "
+        "out[row, col, c] = min(max(img[row, col, c] + amount, ZERO), ONE)",
+    ),
 )
 @pytest.mark.parametrize(
     "blocks, threads", [((1, 1), (1, 1)), ((2, 3), (3, 2)), ((1, 2), (16, 4)), ((6, 5), (8, 8))]
@@ -160,8 +171,10 @@ def test_brighten_grid_stride_2d(blocks, threads):
     h, w = _odd(9, 19), _odd(21, 31)
     img = _image(h, w)
     amount = np.float32(rng.choice([-1, 1]) * rng.uniform(0.1, 0.4))  # a Python float would be float64
-    out = launch(ex.brighten_kernel, blocks, threads, (h, w, 3), img, amount, OUT)
+    run = grading.launch(ex.brighten_kernel, blocks, threads, img, amount, Out((h, w, 3)))
     ref = torch.clamp(torch.from_numpy(img).double() + float(amount), 0.0, 1.0)
     assert_close(
-        out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads"
+        run.out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads"
     )
+    pixels = math.ceil(w / (blocks[0] * threads[0])) * math.ceil(h / (blocks[1] * threads[1]))
+    run.written_once("out").budget(reads={"img": 3 * pixels}, writes={"out": 3 * pixels})

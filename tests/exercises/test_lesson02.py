@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+import course.grading as grading
 import minisd.mode as mode
 from course import traffic
-from course.grading import assert_close, load, poison
+from course.grading import Out, assert_close, load
 
 ex = load("lesson02")
-rng = np.random.default_rng()
+rng = grading.rng
 
 
 def _odd(low, high):
@@ -25,8 +26,12 @@ def _odd(low, high):
 # 02.1 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
     "02.1",
-    hint="i = cuda.grid(1) is the flat index into the (C, H, W) image: c = i // (H*W), y = i % (H*W) // W, "
-    "x = i % W. Guard c < C.",
+    hints=(
+        "One thread per element of the flat (C, H, W) array: thread i touches element i, so a warp touches "
+        "32 neighbours.",
+        "i = cuda.grid(1) is the flat index: c = i // (H*W), y = i % (H*W) // W, x = i % W; guard c < C.",
+        "c, y, x from i as above; if c < img.shape[0]: out[c, y, x] = (img[c, y, x] - mean[c]) / std[c]",
+    ),
 )
 @pytest.mark.parametrize("channels", [3, 4])
 def test_normalize_planar_image(channels):
@@ -34,35 +39,36 @@ def test_normalize_planar_image(channels):
     img = rng.uniform(0, 1, (channels, h, w)).astype(np.float32)
     mean = rng.uniform(0.2, 0.6, channels).astype(np.float32)
     std = rng.uniform(0.1, 0.4, channels).astype(np.float32)
-    x, out = traffic.maybe_track(img, "img"), traffic.maybe_track(poison(img.shape), "out")
     threads = 64
-    ex.normalize_kernel[math.ceil(img.size / threads), threads](x, mean, std, out)
+    run = grading.launch(
+        ex.normalize_kernel, math.ceil(img.size / threads), threads, img, mean, std, Out(img.shape)
+    )
     t = torch.from_numpy(img).double()
     ref = (t - torch.from_numpy(mean).double()[:, None, None]) / torch.from_numpy(std).double()[:, None, None]
-    assert_close(traffic.plain(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="normalize_kernel output")
-    if mode.SIMULATOR:
-        traffic.assert_reads_per_thread(x, at_most=1)
-        traffic.assert_coalesced(x)
-        traffic.assert_coalesced(out, kind=traffic.WRITE)
+    assert_close(run.out, ref.numpy(), rtol=1e-5, atol=1e-5, what="normalize_kernel output")
+    run.budget(reads={"img": 1}, writes={"out": 1}).coalesced(reads=["img"], writes=["out"])
 
 
 # 02.2 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
     "02.2",
-    hint="Thread j = cuda.grid(1) owns column j and loops i over the rows: at every step the warp reads "
-    "a[i, j..j+31], 32 neighbours in one row. Guard j < a.shape[1].",
+    hints=(
+        "One thread per column: at every step the warp reads 32 neighbours in one row (coalesced).",
+        "j = cuda.grid(1) owns column j and loops i over the rows, summing into a register; guard "
+        "j < a.shape[1]; write out[j] once at the end.",
+        "j = cuda.grid(1); if j < a.shape[1]: s = 0 (float32); for i in range(a.shape[0]): s += a[i, j]; "
+        "out[j] = s",
+    ),
 )
 def test_column_sums_are_coalesced():
     rows, cols = _odd(9, 21), _odd(40, 70)
     a = rng.standard_normal((rows, cols)).astype(np.float32)
-    x, out = traffic.maybe_track(a, "a"), traffic.maybe_track(poison(cols), "out")
-    ex.column_sums_kernel[math.ceil(cols / 32), 32](x, out)
+    run = grading.launch(ex.column_sums_kernel, math.ceil(cols / 32), 32, a, Out(cols))
     ref = torch.from_numpy(a).double().sum(dim=0)
-    assert_close(traffic.plain(out), ref.numpy(), rtol=1e-5, atol=1e-5, what="column_sums_kernel output")
+    assert_close(run.out, ref.numpy(), rtol=1e-5, atol=1e-5, what="column_sums_kernel output")
+    run.budget(reads={"a": rows}, writes={"out": 1}).coalesced(reads=["a"])
     if mode.SIMULATOR:
-        traffic.assert_each_element_read(x, at_most=1)
-        traffic.assert_coalesced(x)
-        traffic.assert_writes_per_thread(out, at_most=1)
+        traffic.assert_each_element_read(run.arrays["a"], at_most=1)
 
 
 # 02.3 -------------------------------------------------------------------------------------------------
@@ -73,19 +79,20 @@ def _to_uint8_reference(img):
 
 @pytest.mark.exercise(
     "02.3",
-    hint="x, y = cuda.grid(2) (x = column); guard y < H and x < W; for c in range(3): "
-    "out[y, x, c] = clamp(floor((img[c, y, x] + 1) * 127.5 + 0.5), 0, 255).",
+    hints=(
+        "One thread per pixel: it reads its 3 channel planes and writes 3 neighbouring bytes.",
+        "x, y = cuda.grid(2) (x = column); guard y < H and x < W; round half up with floor(v + 0.5) and clamp "
+        "to [0, 255] before storing a uint8.",
+        "for c in range(3): out[y, x, c] = min(max(math.floor((img[c, y, x] + 1) * 127.5 + 0.5), 0), 255)",
+    ),
 )
 @pytest.mark.parametrize("fill", [0, 255])
 def test_chw_float_to_hwc_uint8(fill):
     h, w = _odd(7, 15), _odd(9, 19)
     img = rng.uniform(-1.2, 1.2, (3, h, w)).astype(np.float32)  # a little outside [-1, 1]: clamp it
-    x = traffic.maybe_track(img, "img")
-    out = traffic.maybe_track(
-        np.full((h, w, 3), fill, np.uint8), "out"
-    )  # a uint8 output cannot hold NaN: try two fills
-    ex.chw_to_hwc_uint8_kernel[(math.ceil(w / 8), math.ceil(h / 8)), (8, 8)](x, out)
-    got = traffic.plain(out).astype(np.float64)
+    out = Out((h, w, 3), np.uint8, fill=fill)  # a uint8 output cannot hold NaN: try two fills
+    run = grading.launch(ex.chw_to_hwc_uint8_kernel, (math.ceil(w / 8), math.ceil(h / 8)), (8, 8), img, out)
+    got = run.out.astype(np.float64)
     ref = _to_uint8_reference(img)
     assert got.shape == ref.shape
     worst = np.abs(got - ref).max()
@@ -94,14 +101,17 @@ def test_chw_float_to_hwc_uint8(fill):
     )
     exact = np.mean(got == ref)
     assert exact >= 0.99, f"only {exact:.1%} of values are exact: round with floor(v + 0.5), do not truncate"
-    if mode.SIMULATOR:
-        traffic.assert_reads_per_thread(x, at_most=3)
-        traffic.assert_writes_per_thread(out, at_most=3)
+    run.budget(reads={"img": 3}, writes={"out": 3})
 
 
 # 02.4 -------------------------------------------------------------------------------------------------
 @pytest.mark.exercise(
-    "02.4", hint="GB/s = (bytes_read + bytes_written) / (ms / 1000) / 1e9; check the arguments."
+    "02.4",
+    hints=(
+        "Effective bandwidth is the bytes a kernel must move divided by the time it took.",
+        "Add the bytes read and written, turn ms into seconds, and give GB/s (1e9 bytes per second).",
+        "return (bytes_read + bytes_written) / (ms / 1000) / 1e9",
+    ),
 )
 def test_effective_bandwidth():
     n = int(rng.integers(1 << 20, 1 << 28))
@@ -111,7 +121,14 @@ def test_effective_bandwidth():
     assert ex.effective_bandwidth(3e9, 0, 1000.0) == pytest.approx(3.0)
 
 
-@pytest.mark.exercise("02.4", hint="Raise ValueError naming the argument: ms must be > 0, byte counts >= 0.")
+@pytest.mark.exercise(
+    "02.4",
+    hints=(
+        "Refuse impossible measurements before dividing.",
+        "ms must be > 0 and the byte counts >= 0: raise ValueError naming the argument.",
+        "if ms <= 0: raise ValueError(f'ms must be > 0, got {ms}'); likewise bytes_read / bytes_written < 0",
+    ),
+)
 @pytest.mark.parametrize(
     "args, name", [((1, 1, 0), "ms"), ((1, 1, -2.0), "ms"), ((-1, 0, 1.0), "bytes_read")]
 )

@@ -7,14 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import minisd.mode as mode  # before numba.cuda
-
-# isort: split
-from course import traffic
-from course.grading import assert_close, load, poison
+import course.grading as grading
+from course.grading import Out, assert_close, load
 
 ex = load("lesson06")
-rng = np.random.default_rng()
+rng = grading.rng
 
 # (N, C, H, W, O, kh, kw, stride, padding): ragged, non-square, strided, padded
 CASES = [
@@ -43,29 +40,37 @@ def _ids(cases):
 
 @pytest.mark.exercise(
     "06.1",
-    hint="Decode i into (n, o, oy, ox) with ox fastest; iy = oy*sh - ph + ky; skip iy/ix "
-    "outside the image; start the sum at b[o].",
+    hints=(
+        "One thread per output element; it sums C x kh x kw products in a register and writes once.",
+        "Decode i = cuda.grid(1) into (n, o, oy, ox) with ox fastest (so neighbouring threads write "
+        "neighbours); input row iy = oy * sh - ph + ky (likewise ix); skip taps outside the image; start at b[o].",
+        "ox = i % OW; oy = i // OW % OH; o = i // (OW * OH) % O; n = i // (OW * OH * O); s = b[o]; for c, ky, kx: "
+        "iy = oy * sh - ph + ky; ix = ox * sw - pw + kx; if 0 <= iy < H and 0 <= ix < W: s += x[n, c, iy, ix] "
+        "* w[o, c, ky, kx]; out[n, o, oy, ox] = s",
+    ),
 )
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_conv2d_kernel(case):
     N, C, H, W, O, kh, kw, s, p = case
     x, w, b = _data(N, C, H, W, O, kh, kw)
     OH, OW = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
-    tx, out = traffic.maybe_track(x, "x"), traffic.maybe_track(poison((N, O, OH, OW)), "out")
-    total = out.size
-    ex.conv2d_kernel[(total + 63) // 64, 64](tx, w, b, out, s, s, p, p)
-    got = traffic.plain(out)
-    assert_close(got, _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d {case}")
-    if mode.SIMULATOR:
-        traffic.assert_writes_per_thread(out, at_most=1)  # accumulate in a register, write once
-        traffic.assert_coalesced(out, kind=traffic.WRITE)  # ox fastest: neighbours write neighbours
-        traffic.assert_reads_per_thread(tx, at_most=C * kh * kw)  # padding taps are skipped, never read
+    total = N * O * OH * OW
+    run = grading.launch(ex.conv2d_kernel, (total + 63) // 64, 64, x, w, b, Out((N, O, OH, OW)), s, s, p, p)
+    assert_close(run.out, _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d {case}")
+    # accumulate in a register and write once; padding taps are skipped, never read
+    run.budget(reads={"x": C * kh * kw}, writes={"out": 1}).coalesced(writes=["out"])
 
 
 @pytest.mark.exercise(
     "06.2",
-    hint="row = (c*KH + ky)*KW + kx, col = oy*OW + ox; write 0.0 where the input position "
-    "falls in the padding.",
+    hints=(
+        "im2col lays every input patch out as a column, so a convolution becomes one matrix product; one "
+        "thread per element of the column matrix.",
+        "For element (n, row, col): row = (c * KH + ky) * KW + kx, col = oy * OW + ox (the fastest index); write "
+        "0.0 where the input position falls in the padding.",
+        "decode i into (n, row, col) and row into (c, ky, kx), col into (oy, ox); iy = oy * sh - ph + ky, "
+        "ix = ox * sw - pw + kx; cols[n, row, col] = x[n, c, iy, ix] if inside the image else 0.0",
+    ),
 )
 @pytest.mark.parametrize("case", CASES[:3], ids=_ids(CASES[:3]))
 def test_im2col_matches_unfold(case):
@@ -73,19 +78,24 @@ def test_im2col_matches_unfold(case):
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     ref = F.unfold(torch.from_numpy(x).double(), (kh, kw), padding=p, stride=s).numpy()
     OW = (W + 2 * p - kw) // s + 1
-    tx, cols = traffic.maybe_track(x, "x"), traffic.maybe_track(poison(ref.shape), "cols")
-    ex.im2col_kernel[(cols.size + 63) // 64, 64](tx, cols, kh, kw, s, s, p, p, OW)
-    assert_close(traffic.plain(cols), ref, what=f"im2col {case}")
-    if mode.SIMULATOR:
-        traffic.assert_writes_per_thread(cols, at_most=1)
-        traffic.assert_coalesced(cols, kind=traffic.WRITE)  # the output column (oy, ox) varies fastest
-        traffic.assert_reads_per_thread(tx, at_most=1)
+    run = grading.launch(
+        ex.im2col_kernel, (ref.size + 63) // 64, 64, x, Out(ref.shape), kh, kw, s, s, p, p, OW
+    )
+    assert_close(run.out, ref, what=f"im2col {case}")
+    # the output column (oy, ox) varies fastest: neighbouring threads write neighbours
+    run.budget(reads={"x": 1}, writes={"cols": 1}).coalesced(writes=["cols"])
 
 
 @pytest.mark.exercise(
     "06.3",
-    hint="OH = out_size(H, kh, sh, ph); allocate out (N, O, OH, OW); launch conv2d_kernel "
-    "over out.size threads; bias=None means zeros.",
+    hints=(
+        "The host side: work out the output's size, allocate it, launch your conv2d_kernel with a thread per "
+        "output element, return the result.",
+        "OH = (H + 2 * ph - kh) // sh + 1 (likewise OW); out has shape (N, O, OH, OW); launch "
+        "conv2d_kernel[ceil(out.size / THREADS), THREADS]; bias=None means zeros.",
+        "out = np.empty((N, O, OH, OW), np.float32); conv2d_kernel[(out.size + THREADS - 1) // THREADS, "
+        "THREADS](x, w, bias if bias is not None else np.zeros(O, np.float32), out, sh, sw, ph, pw); return out",
+    ),
 )
 @pytest.mark.parametrize("case", CASES[:2], ids=_ids(CASES[:2]))
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -93,12 +103,23 @@ def test_conv2d_host(case, with_bias):
     N, C, H, W, O, kh, kw, s, p = case
     x, w, b = _data(N, C, H, W, O, kh, kw)
     b = b if with_bias else None
-    got = ex.conv2d(x, w, b, stride=s, padding=p)
+    with grading.launches() as seen:
+        got = ex.conv2d(x, w, b, stride=s, padding=p)
     assert isinstance(got, np.ndarray), f"conv2d should return a numpy array for numpy input, got {type(got)}"
     assert_close(got, _torch_conv(x, w, b, s, p), rtol=1e-4, atol=1e-5, what=f"conv2d(x, w, bias, {s}, {p})")
+    seen.expect(ex.conv2d_kernel, "conv2d()", threads_at_least=got.size)
 
 
-@pytest.mark.exercise("06.3", hint="Check shapes before launching: raise ValueError naming both shapes.")
+@pytest.mark.exercise(
+    "06.3",
+    hints=(
+        "Check the shapes before launching anything.",
+        "x must be 4-D, w's channels must match x's, bias must have one value per output channel, the kernel "
+        "must fit the padded image, stride must be >= 1: raise ValueError naming the shapes.",
+        "if x.ndim != 4: raise ValueError(f'x must be 4-D (N, C, H, W), got shape {x.shape}'); if w.shape[1] != "
+        "x.shape[1]: raise ValueError(f'channel mismatch: x has {x.shape[1]}, w expects {w.shape[1]}') ...",
+    ),
+)
 def test_conv2d_rejects_bad_input():
     x, w, b = _data(1, 3, 6, 6, 2, 3, 3)
     with pytest.raises(ValueError, match=r"channel"):

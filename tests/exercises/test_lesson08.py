@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import minisd.mode  # noqa: F401  (before numba.cuda)
-
-# isort: split
-from numba import cuda
-
-from course.grading import assert_close, load, poison
+import course.grading as grading
+from course.grading import Out, assert_close, load
 
 ex = load("lesson08")
-rng = np.random.default_rng()
+rng = grading.rng
 
 
 def _qkv(BH, Lq, Lk, D, Dv=None, scale=1.0):
@@ -33,26 +29,36 @@ def _ref(q, k, v, scale):
 
 @pytest.mark.exercise(
     "08.1",
-    hint="j = blockIdx.x*blockDim.x + threadIdx.x (keys), i from the y axis (queries), "
-    "bh = blockIdx.z; guard i < s.shape[1] and j < s.shape[2].",
+    hints=(
+        "One thread per score on a 3-D grid: x runs over the keys, y over the queries, z over the heads.",
+        "j = blockIdx.x * blockDim.x + threadIdx.x, i likewise along y, bh = blockIdx.z; guard i < s.shape[1] "
+        "and j < s.shape[2]; a float32 dot product over d.",
+        "if i < s.shape[1] and j < s.shape[2]: acc = float32(0); for d in range(q.shape[2]): acc += q[bh, i, d] "
+        "* k[bh, j, d]; s[bh, i, j] = acc * scale",
+    ),
 )
 @pytest.mark.parametrize("BH,Lq,Lk,D", [(2, 11, 7, 5), (3, 9, 13, 4)])
 def test_scores_kernel(BH, Lq, Lk, D):
     q, k, _ = _qkv(BH, Lq, Lk, D)
-    s = cuda.to_device(poison((BH, Lq, Lk)))
-    ex.scores_kernel[((Lk + 7) // 8, (Lq + 7) // 8, BH), (8, 8)](
-        cuda.to_device(q), cuda.to_device(k), s, np.float32(0.5)
-    )
+    grid = ((Lk + 7) // 8, (Lq + 7) // 8, BH)
+    run = grading.launch(ex.scores_kernel, grid, (8, 8), q, k, Out((BH, Lq, Lk)), np.float32(0.5))
     ref = 0.5 * np.einsum("bid,bjd->bij", q.astype(np.float64), k.astype(np.float64))
-    assert_close(
-        s.copy_to_host(), ref, rtol=1e-5, atol=1e-5, what=f"scores (BH={BH}, Lq={Lq}, Lk={Lk}, D={D})"
-    )
+    assert_close(run.out, ref, rtol=1e-5, atol=1e-5, what=f"scores (BH={BH}, Lq={Lq}, Lk={Lk}, D={D})")
+    run.budget(reads={"q": D, "k": D}, writes={"s": 1})
 
 
 @pytest.mark.exercise(
     "08.2",
-    hint="Keep m, s and acc[Dv] per thread; for each key rescale by alpha = exp(m - m_new) "
-    "before adding p = exp(x - m_new); divide by s at the end.",
+    hints=(
+        "One thread per query row, one pass over the keys: the online softmax of lesson 07 carries a running "
+        "maximum, a running sum and a running weighted sum of V, so no score is ever stored.",
+        "Keep m, s and acc[Dv] (cuda.local.array(DMAX, float32)) per thread; for each key: x = scale * q.k_j, "
+        "m_new = max(m, x), rescale s and acc by alpha = exp(m - m_new) before adding p = exp(x - m_new) (and "
+        "p * v_j); divide acc by s at the end.",
+        "for j in range(Lk): x = scale * dot(q[bh, i], k[bh, j]); m_new = max(m, x); alpha = exp(m - m_new); "
+        "p = exp(x - m_new); s = s * alpha + p; for d in range(Dv): acc[d] = acc[d] * alpha + p * v[bh, j, d]; "
+        "m = m_new — then out[bh, i, d] = acc[d] * (float32(1) / s)",
+    ),
 )
 @pytest.mark.parametrize(
     "BH,Lq,Lk,D,Dv,scale",
@@ -61,37 +67,45 @@ def test_scores_kernel(BH, Lq, Lk, D):
 )
 def test_attention_row_kernel(BH, Lq, Lk, D, Dv, scale):
     q, k, v = _qkv(BH, Lq, Lk, D, Dv, scale)
-    out = cuda.to_device(poison((BH, Lq, Dv)))
     sc = 1.0 / math.sqrt(D)
     n = BH * Lq
-    ex.attention_row_kernel[(n + 31) // 32, 32](
-        cuda.to_device(q), cuda.to_device(k), cuda.to_device(v), out, np.float32(sc)
+    run = grading.launch(
+        ex.attention_row_kernel, (n + 31) // 32, 32, q, k, v, Out((BH, Lq, Dv)), np.float32(sc)
     )
     assert_close(
-        out.copy_to_host(),
+        run.out,
         _ref(q, k, v, sc),
         rtol=1e-4,
         atol=1e-5,
         what=f"attention rows (BH={BH}, Lq={Lq}, Lk={Lk}, D={D}, Dv={Dv}, logits ~{scale})",
     )
+    run.budget(reads={"q": Lk * D, "k": Lk * D, "v": Lk * Dv}, writes={"out": Dv})  # one query row per thread
 
 
-@pytest.mark.exercise(
-    "08.3",
-    hint="4-D: reshape to (B*H, L, D). 3-D: reshape (B, L, H, D), transpose to (B, H, L, D), "
-    "then flatten; undo it on the way out. Default scale 1/sqrt(D).",
+ATTENTION_HINTS = (
+    "The host side: bring every head's (L, D) matrix into one (B*H, L, D) array, run your fused kernel with a "
+    "thread per query row, and undo the layout on the way out.",
+    "4-D: reshape to (B*H, L, D). 3-D (B, L, H*D) with heads=H: reshape to (B, L, H, D), transpose to "
+    "(B, H, L, D), then flatten; default scale 1/sqrt(D); launch attention_row_kernel over B*H*Lq threads.",
+    "qs = np.ascontiguousarray(q.reshape(B, Lq, H, D).transpose(0, 2, 1, 3).reshape(B * H, Lq, D)) (likewise "
+    "k, v); attention_row_kernel[(B*H*Lq + 63) // 64, 64](qs, ks, vs, out, np.float32(scale)); reshape back.",
 )
+
+
+@pytest.mark.exercise("08.3", hints=ATTENTION_HINTS)
 def test_attention_4d_cross():
     B, H, Lq, Lk, D = 2, 3, 7, 5, 4
     q, k, v = (a.reshape(B, H, -1, D) for a in _qkv(B * H, Lq, Lk, D))
-    got = ex.attention(q, k, v)
+    with grading.launches() as seen:
+        got = ex.attention(q, k, v)
+    seen.expect(ex.attention_row_kernel, "attention()", threads_at_least=B * H * Lq)
     assert isinstance(got, np.ndarray), f"attention should return a numpy array, got {type(got)}"
     assert_close(got, _ref(q, k, v, 1 / math.sqrt(D)), rtol=1e-4, atol=1e-5, what="attention 4-D, Lq != Lk")
     got = ex.attention(q, k, v, heads=H, scale=0.3)
     assert_close(got, _ref(q, k, v, 0.3), rtol=1e-4, atol=1e-5, what="attention 4-D with scale=0.3")
 
 
-@pytest.mark.exercise("08.3", hint="3-D inputs (B, L, H*D): head h owns features h*D:(h+1)*D.")
+@pytest.mark.exercise("08.3", hints=ATTENTION_HINTS)
 def test_attention_3d_heads():
     B, H, Lq, Lk, D = 2, 2, 6, 9, 3
     q = rng.standard_normal((B, Lq, H * D)).astype(np.float32)
@@ -103,7 +117,16 @@ def test_attention_3d_heads():
     assert_close(got, ref, rtol=1e-4, atol=1e-5, what="attention 3-D (B, L, H*D) with heads=2, Lq != Lk")
 
 
-@pytest.mark.exercise("08.3", hint="Validate shapes first: ValueError naming the shapes.")
+@pytest.mark.exercise(
+    "08.3",
+    hints=(
+        "Check the shapes before launching anything.",
+        "All 4-D or all 3-D; q and k must share the head dimension; batch, heads and Lk must agree; 3-D needs "
+        "heads, and heads must divide the feature sizes: raise ValueError with the shapes.",
+        "if q.shape[-1] != k.shape[-1]: raise ValueError(f'q {q.shape} and k {k.shape} need the same head "
+        "dimension') (and one such check per rule)",
+    ),
+)
 def test_attention_rejects_bad_input():
     q = np.ones((1, 2, 4, 3), np.float32)
     with pytest.raises(ValueError):

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from course.grading import assert_close, load, poison
+import course.grading as grading
+from course.grading import Out, assert_close, load
 from minisd.schedulers import DDPMScheduler
 
 ex = load("lesson09")
-rng = np.random.default_rng()
+rng = grading.rng
 
 
 def _cosine_oracle(T, s=0.008, max_beta=0.999):
@@ -23,9 +24,16 @@ def _cosine_oracle(T, s=0.008, max_beta=0.999):
     return torch.tensor(alpha_bar[1:], dtype=torch.float64).numpy()
 
 
-@pytest.mark.exercise(
-    "09.1", hint="alpha_bar_t = cumprod(1 − beta); cosine: beta_t = min(1 − f((t+1)/T)/f(t/T), 0.999)."
+SCHEDULE_HINTS = (
+    "alpha_bar_t is how much of the clean image survives t steps of noise: a running product of (1 - beta).",
+    "linear: beta from lo to hi evenly over T steps; cosine: beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999) with "
+    "f(u) = cos((u + s) / (1 + s) * pi / 2)**2; then alpha_bar = cumprod(1 - beta), in float64.",
+    "np.cumprod(1 - np.linspace(lo, hi, T)); for the cosine schedule build beta for t in range(T) with f as above "
+    "and np.minimum(beta, 0.999); raise ValueError naming T when T < 1.",
 )
+
+
+@pytest.mark.exercise("09.1", hints=SCHEDULE_HINTS)
 def test_linear_schedule():
     for T, lo, hi in [(1000, 1e-4, 0.02), (37, 1e-3, 0.3)]:
         out = ex.linear_alphas_cumprod(T, lo, hi)
@@ -35,9 +43,7 @@ def test_linear_schedule():
     assert_close(ex.linear_alphas_cumprod(1000), DDPMScheduler().alphas_cumprod, rtol=1e-5, what="vs minisd")
 
 
-@pytest.mark.exercise(
-    "09.1", hint="alpha_bar_t = cumprod(1 − beta); cosine: beta_t = min(1 − f((t+1)/T)/f(t/T), 0.999)."
-)
+@pytest.mark.exercise("09.1", hints=SCHEDULE_HINTS)
 def test_cosine_schedule():
     for T in (1000, 53, 1):
         out = ex.cosine_alphas_cumprod(T)
@@ -51,29 +57,39 @@ def test_cosine_schedule():
             ex.linear_alphas_cumprod(bad)
 
 
-@pytest.mark.exercise("09.2", hint="b = i // N, j = i − b·N, and guard `if i < x0.shape[0] * x0.shape[1]`.")
+NOISE_HINTS = (
+    "One thread per element of the (B, N) batch; each sample b has its own timestep, so its own two factors.",
+    "i = cuda.grid(1); b = i // N, j = i - b * N; guard i < B * N; out = sqrt_ab[t[b]] * x0 + "
+    "sqrt_one_minus_ab[t[b]] * noise. The host flattens each sample to N values and launches one thread each.",
+    "if i < x0.shape[0] * x0.shape[1]: b = i // N; j = i - b * N; out[b, j] = sqrt_ab[t[b]] * x0[b, j] + "
+    "sqrt_one_minus_ab[t[b]] * noise[b, j]",
+)
+
+
+@pytest.mark.exercise("09.2", hints=NOISE_HINTS)
 def test_add_noise_kernel_ragged():
     B, N, T = 3, 77, 50  # 231 threads in one block of 256: the guard matters
     x0 = rng.standard_normal((B, N)).astype(np.float32)
     noise = rng.standard_normal((B, N)).astype(np.float32)
     ab = np.cumprod(1 - rng.uniform(0.001, 0.1, T))
     t = rng.integers(0, T, B)
-    out = poison((B, N))
-    ex.add_noise_kernel[1, 256](
-        x0, noise, np.sqrt(ab).astype(np.float32), np.sqrt(1 - ab).astype(np.float32), t, out
-    )
+    factors = np.sqrt(ab).astype(np.float32), np.sqrt(1 - ab).astype(np.float32)
+    run = grading.launch(ex.add_noise_kernel, 1, 256, x0, noise, *factors, t, Out((B, N)))
     ref = torch.from_numpy(ab)[t][:, None].sqrt() * torch.from_numpy(x0).double()
     ref = ref + (1 - torch.from_numpy(ab)[t][:, None]).sqrt() * torch.from_numpy(noise).double()
-    assert_close(out, ref.numpy(), rtol=1e-5, atol=1e-6, what="add_noise_kernel out")
+    assert_close(run.out, ref.numpy(), rtol=1e-5, atol=1e-6, what="add_noise_kernel out")
+    run.budget(reads={"x0": 1, "noise": 1}, writes={"out": 1})
 
 
-@pytest.mark.exercise("09.2", hint="b = i // N, j = i − b·N, and guard `if i < x0.shape[0] * x0.shape[1]`.")
+@pytest.mark.exercise("09.2", hints=NOISE_HINTS)
 def test_add_noise_images_match_minisd():
     x0 = rng.uniform(-1, 1, (2, 3, 7, 5)).astype(np.float32)  # 210 elements over 2 samples
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     t = np.array([rng.integers(0, 500), rng.integers(500, 1000)])
-    out = ex.add_noise(x0, noise, sched.alphas_cumprod, t)
+    with grading.launches() as seen:
+        out = ex.add_noise(x0, noise, sched.alphas_cumprod, t)
+    seen.expect(ex.add_noise_kernel, "add_noise()", threads_at_least=x0.size)
     assert_close(
         out, sched.add_noise(x0, noise, t), rtol=1e-5, atol=1e-6, what="add_noise vs minisd.schedulers"
     )
@@ -85,8 +101,13 @@ def test_add_noise_images_match_minisd():
 
 @pytest.mark.exercise(
     "09.3",
-    hint="x_t = sqrt(ab[t])·x0 + sqrt(1 − ab[t])·noise with ab[t] reshaped to (B,1,…); "
-    "loss = mean((model(x_t, t) − noise)²), all in torch.",
+    hints=(
+        "The training loss: noise the clean batch to step t, ask the model for the noise, compare.",
+        "x_t = sqrt(ab[t]) * x0 + sqrt(1 - ab[t]) * noise with ab[t] shaped (B, 1, ...) to broadcast; loss = "
+        "mean((model(x_t, t) - noise)**2); everything in torch, so gradients reach the model.",
+        "a = torch.as_tensor(alphas_cumprod, dtype=x0.dtype)[t].view(-1, *[1] * (x0.ndim - 1)); x_t = a.sqrt() * "
+        "x0 + (1 - a).sqrt() * noise; return ((model(x_t, t) - noise) ** 2).mean()",
+    ),
 )
 def test_diffusion_loss():
     torch.manual_seed(int(rng.integers(1 << 30)))

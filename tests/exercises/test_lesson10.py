@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from course.grading import assert_close, load, poison
+import course.grading as grading
+from course.grading import Out, assert_close, load
 from minisd.ops.rng import key_of, normal_numpy
 from minisd.schedulers import DDIMScheduler, DDPMScheduler
 
 # The simulator runs uint64 math on numpy scalars, which warn when they wrap; a GPU wraps silently.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 ex = load("lesson10")
-rng = np.random.default_rng()
+rng = grading.rng
 MASK = (1 << 64) - 1
 
 
@@ -34,28 +35,36 @@ def _normal_python(seed, i):
     return r * (math.cos if i % 2 == 0 else math.sin)(2 * math.pi * u2)
 
 
-@pytest.mark.exercise(
-    "10.1",
-    hint="Thread p writes out[2p] = r·cos θ and, only if 2p+1 < n, out[2p+1] = r·sin θ; "
-    "u1 = ((bits >> 11) + 1)·2**-53.",
+RANDN_HINTS = (
+    "A counter-based generator: number i depends only on the key and i, so every thread computes its own pair "
+    "of normals from two uniform numbers (Box-Muller), no state shared between threads.",
+    "Thread p turns bits(2p) and bits(2p + 1) into u1 = ((bits >> 11) + 1) * 2**-53 and u2 = (bits >> 11) * "
+    "2**-53, then writes out[2p] = r cos(theta) and, only if 2p + 1 < n, out[2p + 1] = r sin(theta) with "
+    "r = sqrt(-2 log u1), theta = 2 pi u2.",
+    "p = cuda.grid(1); if 2 * p < out.size: u1, u2 from the two counters as above; r = math.sqrt(-2.0 * "
+    "math.log(u1)); out[2 * p] = r * math.cos(TWO_PI * u2); if 2 * p + 1 < out.size: out[2 * p + 1] = r * "
+    "math.sin(TWO_PI * u2)",
 )
+
+
+@pytest.mark.exercise("10.1", hints=RANDN_HINTS)
 def test_randn_kernel_matches_minisd():
     seed = int(rng.integers(0, 2**63))
     for n in (301, 2, 1):  # odd: the last thread has no partner
-        out = poison(n)
-        ex.randn_kernel[max(1, math.ceil((n + 1) // 2 / 64)), 64](np.uint64(key_of(seed)), out)
+        blocks = max(1, math.ceil((n + 1) // 2 / 64))
+        run = grading.launch(ex.randn_kernel, blocks, 64, np.uint64(key_of(seed)), Out(n))
+        out = run.out
         some = sorted({0, n - 1, int(rng.integers(n))})
         assert_close(out[some], [_normal_python(seed, i) for i in some], rtol=1e-6, atol=1e-6, what=f"n={n}")
         assert_close(out, normal_numpy(n, seed), rtol=1e-6, atol=1e-6, what=f"randn_kernel (n={n}) vs minisd")
+        run.budget(writes={"out": 2})  # a pair of normals per thread
 
 
-@pytest.mark.exercise(
-    "10.1",
-    hint="Thread p writes out[2p] = r·cos θ and, only if 2p+1 < n, out[2p+1] = r·sin θ; "
-    "u1 = ((bits >> 11) + 1)·2**-53.",
-)
+@pytest.mark.exercise("10.1", hints=RANDN_HINTS)
 def test_randn_is_standard_normal():
-    z = ex.randn((17, 59), seed=int(rng.integers(1 << 30)))  # 1003 numbers
+    with grading.launches() as seen:
+        z = ex.randn((17, 59), seed=int(rng.integers(1 << 30)))  # 1003 numbers
+    seen.expect(ex.randn_kernel, "randn()", threads_at_least=(17 * 59 + 1) // 2)
     assert z.shape == (17, 59) and z.dtype == np.float32
     assert not np.isnan(z).any(), "some numbers were never written"
     assert abs(z.mean()) < 0.15 and 0.85 < z.std() < 1.15, (
@@ -66,18 +75,27 @@ def test_randn_is_standard_normal():
 
 
 @pytest.mark.exercise(
-    "10.2", hint="out[i] = u + g·(c − u) with u = eps_uncond[i], c = eps_cond[i]; guard i < out.size."
+    "10.2",
+    hints=(
+        "Classifier-free guidance moves from the unconditional prediction towards the conditional one, "
+        "guidance_scale times as far: one thread per element.",
+        "i = cuda.grid(1); guard i < out.size; out[i] = u + g * (c - u) with u = eps_uncond[i], c = eps_cond[i]; "
+        "the host flattens both inputs, launches a thread per element and restores the shape.",
+        "if i < out.size: u = eps_uncond[i]; out[i] = u + guidance_scale * (eps_cond[i] - u)",
+    ),
 )
 def test_cfg_combine():
     n = 333
     u, c = rng.standard_normal((2, n)).astype(np.float32)
     for g in (0.0, 1.0, 7.5):
-        out = poison(n)
-        ex.cfg_combine_kernel[2, 256](u, c, np.float32(g), out)
+        run = grading.launch(ex.cfg_combine_kernel, 2, 256, u, c, np.float32(g), Out(n))
         ref = torch.from_numpy(u).double() * (1 - g) + g * torch.from_numpy(c).double()
-        assert_close(out, ref.numpy(), rtol=1e-5, atol=1e-5, what=f"cfg_combine_kernel (g={g})")
-    shaped = ex.cfg_combine(u[:330].reshape(2, 3, 5, 11), c[:330].reshape(2, 3, 5, 11), 3.0)
+        assert_close(run.out, ref.numpy(), rtol=1e-5, atol=1e-5, what=f"cfg_combine_kernel (g={g})")
+        run.budget(reads={"eps_uncond": 1, "eps_cond": 1}, writes={"out": 1})
+    with grading.launches() as seen:
+        shaped = ex.cfg_combine(u[:330].reshape(2, 3, 5, 11), c[:330].reshape(2, 3, 5, 11), 3.0)
     assert shaped.shape == (2, 3, 5, 11)
+    seen.expect(ex.cfg_combine_kernel, "cfg_combine()", threads_at_least=330)
 
 
 def _ddim_oracle(x, eps, a, a_prev, eta, noise, clip, r):
@@ -92,11 +110,18 @@ def _ddim_oracle(x, eps, a, a_prev, eta, noise, clip, r):
     return out.numpy()
 
 
-@pytest.mark.exercise(
-    "10.3",
-    hint="x0 = (x − sqrt(1−ᾱ_t)·eps)/sqrt(ᾱ_t), clamp if clip, then "
-    "sqrt(ᾱ_prev)·x0 + sqrt(1 − ᾱ_prev − σ²)·eps + σ·noise.",
+DDIM_HINTS = (
+    "One DDIM step per element: estimate the clean sample from the noise prediction, then step to the previous "
+    "timestep along the predicted direction (plus fresh noise when sigma > 0).",
+    "x0 = (x - sqrt(1 - a_t) * eps) / sqrt(a_t), clamped to [-clip_range, clip_range] if clip; then "
+    "sqrt(a_prev) * x0 + sqrt(1 - a_prev - sigma**2) * eps, plus sigma * noise[i] only when sigma > 0.",
+    "if i < out.size: x0 = (sample[i] - math.sqrt(1 - a) * eps[i]) / math.sqrt(a); if clip: x0 = min(max(x0, "
+    "-r), r); v = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma * sigma) * eps[i]; if sigma > 0: "
+    "v += sigma * noise[i]; out[i] = v",
 )
+
+
+@pytest.mark.exercise("10.3", hints=DDIM_HINTS)
 def test_ddim_step_kernel():
     n = 299
     x = (2.5 * rng.standard_normal(n)).astype(np.float32)  # large enough that clipping happens
@@ -104,20 +129,16 @@ def test_ddim_step_kernel():
     a, a_prev = 0.31 + 0.1 * rng.random(), 0.72 + 0.1 * rng.random()
     for eta, clip, r in [(0.0, True, 1.0), (0.8, True, 1.5), (0.0, False, 1.0)]:
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-        out = poison(n)
         z = noise if sigma > 0 else np.zeros(1, np.float32)
-        ex.ddim_step_kernel[2, 256](x, eps, z, a, a_prev, sigma, clip, r, out)
+        run = grading.launch(ex.ddim_step_kernel, 2, 256, x, eps, z, a, a_prev, sigma, clip, r, Out(n))
         ref = _ddim_oracle(x, eps, a, a_prev, eta, noise, clip, r)
         assert_close(
-            out, ref, rtol=1e-5, atol=1e-5, what=f"ddim_step_kernel (eta={eta}, clip={clip}, range={r})"
+            run.out, ref, rtol=1e-5, atol=1e-5, what=f"ddim_step_kernel (eta={eta}, clip={clip}, range={r})"
         )
+        run.budget(reads={"sample": 1, "eps": 1, "noise": 1}, writes={"out": 1})
 
 
-@pytest.mark.exercise(
-    "10.3",
-    hint="x0 = (x − sqrt(1−ᾱ_t)·eps)/sqrt(ᾱ_t), clamp if clip, then "
-    "sqrt(ᾱ_prev)·x0 + sqrt(1 − ᾱ_prev − σ²)·eps + σ·noise.",
-)
+@pytest.mark.exercise("10.3", hints=DDIM_HINTS)
 def test_ddim_step_matches_scheduler():
     sched = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True)
     sched.set_timesteps(25)
@@ -125,15 +146,23 @@ def test_ddim_step_matches_scheduler():
     eps, noise = rng.standard_normal((2, *x.shape)).astype(np.float32)
     for t in (sched.timesteps[0], sched.timesteps[-1]):
         a, a_prev = sched.alpha_prods(t)
-        out = ex.ddim_step(x, eps, a, a_prev, eta=0.5, noise=noise)
+        with grading.launches() as seen:
+            out = ex.ddim_step(x, eps, a, a_prev, eta=0.5, noise=noise)
+        seen.expect(ex.ddim_step_kernel, "ddim_step()", threads_at_least=x.size)
         ref = sched.step(eps, t, x, eta=0.5, noise=noise).prev_sample
         assert_close(out, ref, rtol=1e-5, atol=1e-5, what=f"ddim_step vs minisd DDIMScheduler.step at t={t}")
 
 
 @pytest.mark.exercise(
     "10.4",
-    hint="β' = 1 − ᾱ_t/ᾱ_prev; mean = sqrt(ᾱ_prev)·β'/(1−ᾱ_t)·x0 + "
-    "sqrt(1−β')·(1−ᾱ_prev)/(1−ᾱ_t)·x_t; + std·noise only if std > 0.",
+    hints=(
+        "A DDPM step samples the posterior q(x_prev | x_t, x0): its mean mixes the estimated clean sample and "
+        "the current one, then noise of the posterior's spread is added.",
+        "beta' = 1 - a_t / a_prev; x0 as in DDIM (clamped if clip); mean = sqrt(a_prev) * beta' / (1 - a_t) * x0 "
+        "+ sqrt(1 - beta') * (1 - a_prev) / (1 - a_t) * x_t; add std * noise[i] only if std > 0.",
+        "if i < out.size: b = 1 - a / a_prev; x0 = ...; v = math.sqrt(a_prev) * b / (1 - a) * x0 + math.sqrt(1 - "
+        "b) * (1 - a_prev) / (1 - a) * sample[i]; if std > 0: v += std * noise[i]; out[i] = v",
+    ),
 )
 def test_ddpm_step():
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True)
@@ -149,11 +178,14 @@ def test_ddpm_step():
         mean = (math.sqrt(a_prev) * (1 - alpha_t) * x0 + math.sqrt(alpha_t) * (1 - a_prev) * xt) / (1 - a)
         std = math.sqrt((1 - a_prev) / (1 - a) * (1 - alpha_t)) if t > 0 else 0.0
         ref = (mean + std * torch.from_numpy(noise).double()).numpy()
-        out = poison(x.size)
         z = noise.reshape(-1) if std > 0 else np.zeros(1, np.float32)
-        ex.ddpm_step_kernel[2, 256](x.reshape(-1), eps.reshape(-1), z, a, a_prev, std, True, 1.0, out)
-        assert_close(out.reshape(x.shape), ref, rtol=1e-5, atol=1e-5, what=f"ddpm_step_kernel at t={t}")
-        via_host = ex.ddpm_step(x, eps, a, a_prev, noise=noise if t > 0 else None)
+        args = (x.reshape(-1), eps.reshape(-1), z, a, a_prev, std, True, 1.0, Out(x.size))
+        run = grading.launch(ex.ddpm_step_kernel, 2, 256, *args)
+        assert_close(run.out.reshape(x.shape), ref, rtol=1e-5, atol=1e-5, what=f"ddpm_step_kernel at t={t}")
+        run.budget(reads={"sample": 1, "eps": 1, "noise": 1}, writes={"out": 1})
+        with grading.launches() as seen:
+            via_host = ex.ddpm_step(x, eps, a, a_prev, noise=noise if t > 0 else None)
+        seen.expect(ex.ddpm_step_kernel, "ddpm_step()", threads_at_least=x.size)
         assert_close(
             via_host,
             sched.step(eps, t, x, noise=noise).prev_sample,

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from course.grading import assert_close, load, poison
+import course.grading as grading
+from course.grading import Out, assert_close, load
 
 ex = load("lesson12")
-rng = np.random.default_rng()
+rng = grading.rng
 
 
 def _fits(blocks, threads, regs, smem, g):
@@ -29,8 +30,16 @@ def _fits(blocks, threads, regs, smem, g):
 
 @pytest.mark.exercise(
     "12.1",
-    hint="blocks = min of four limits (blocks, warps, registers, shared memory); "
-    "round registers per WARP up to 256 and shared memory (+1 KiB reserved) up to 128 bytes.",
+    hints=(
+        "An SM holds as many blocks as its scarcest resource allows: four limits, take the smallest.",
+        "Blocks per SM = min(block limit, warps limit, registers limit, shared-memory limit); registers are "
+        "allocated per WARP in units of 256, shared memory per block (+1 KiB reserved) in units of 128 bytes; "
+        "the limiter is the name of the smallest.",
+        "warps = ceil(threads / 32); regs = ceil(regs * 32 / g.register_alloc_unit) * g.register_alloc_unit per "
+        "warp; smem = ceil((smem + g.shared_reserved_per_block) / g.shared_alloc_unit) * g.shared_alloc_unit; "
+        "blocks = min(g.max_blocks_per_sm, g.max_threads_per_sm // (32 * warps), g.registers_per_sm // (warps "
+        "* regs), g.shared_per_sm // smem)",
+    ),
 )
 def test_occupancy_against_brute_force():
     g = ex.H100
@@ -59,7 +68,14 @@ def test_occupancy_against_brute_force():
 
 
 @pytest.mark.exercise(
-    "12.1", hint="Check the three ranges first and raise ValueError naming the bad argument."
+    "12.1",
+    hints=(
+        "Refuse blocks no GPU can run before computing anything.",
+        "threads must be 1..1024, registers per thread at most 255, shared memory at most what an SM has: "
+        "raise ValueError naming the argument.",
+        "if not 1 <= threads <= 1024: raise ValueError(f'threads must be 1..1024, got {threads}') (likewise "
+        "registers and shared memory)",
+    ),
 )
 def test_occupancy_rejects_impossible_blocks():
     for args, word in [
@@ -74,8 +90,12 @@ def test_occupancy_rejects_impossible_blocks():
 
 @pytest.mark.exercise(
     "12.2",
-    hint="After the first launch each one adds max(per_launch_us, work_us): "
-    "whichever of CPU and GPU is slower sets the pace.",
+    hints=(
+        "Launching costs CPU time, running costs GPU time, and the two overlap: the slower one sets the pace.",
+        "The first kernel starts after one launch; after that each kernel adds max(per_launch_us, work_us); "
+        "n = 0 takes 0; refuse n < 0.",
+        "return 0.0 if n == 0 else per_launch_us + work_us + (n - 1) * max(per_launch_us, work_us)",
+    ),
 )
 def test_batched_time_against_simulation():
     cases = [
@@ -105,8 +125,12 @@ def test_batched_time_against_simulation():
 
 @pytest.mark.exercise(
     "12.3",
-    hint="q = round(w / scale[o]) clamped to ±127; dequantise with q · scale[o]; "
-    "a 2-D grid guarded on both axes.",
+    hints=(
+        "Symmetric per-channel int8: each row has one scale, its largest |w| / 127; one thread per element.",
+        "o, i = cuda.grid(2); guard o < rows and i < cols; q = round(w / scale[o]) clamped to [-127, 127]; "
+        "dequantise with q * scale[o].",
+        "if o < w.shape[0] and i < w.shape[1]: q[o, i] = min(max(round(w[o, i] / scale[o]), -127), 127)",
+    ),
 )
 def test_quantize_int8_kernel():
     O, I = 13, 37  # 2-D ragged: blocks of (8, 32) overhang on both axes
@@ -116,8 +140,9 @@ def test_quantize_int8_kernel():
     ref_scale = torch.from_numpy(w).double().abs().amax(dim=1) / 127
     ref_scale[4] = 1.0
     assert_close(scale, ref_scale.numpy(), rtol=1e-6, atol=0, what="channel_scales")
-    q = np.full((O, I), -128, np.int8)
-    ex.quantize_int8_kernel[(2, 2), (8, 32)](w, scale, q)
+    run = grading.launch(ex.quantize_int8_kernel, (2, 2), (8, 32), w, scale, Out((O, I), np.int8, fill=-128))
+    run.budget(reads={"w": 1}, writes={"q": 1})
+    q = run.out
     assert q.dtype == np.int8
     assert (q != -128).all(), f"{int((q == -128).sum())} elements never written (still −128)"
     ratio = w.astype(np.float64) / scale[:, None].astype(np.float64)
@@ -127,24 +152,30 @@ def test_quantize_int8_kernel():
     assert not bad.any(), (
         f"q differs from round(w/scale) at {np.argwhere(bad)[0].tolist()}: {q[bad][0]} vs {ref[bad][0]}"
     )
-    out = poison((O, I))
-    ex.dequantize_int8_kernel[(2, 2), (8, 32)](q, scale, out)
+    run = grading.launch(ex.dequantize_int8_kernel, (2, 2), (8, 32), q, scale, Out((O, I)))
+    out = run.out
     assert_close(out, q.astype(np.float64) * scale[:, None], rtol=1e-6, atol=0, what="dequantize_int8_kernel")
+    run.budget(reads={"q": 1}, writes={"out": 1})
     err = np.abs(out - w)
     assert (err <= scale[:, None] / 2 * (1 + 1e-5)).all(), "round-trip error must stay within half a step"
 
 
 @pytest.mark.exercise(
     "12.4",
-    hint="For each of the 4 elements count how many of its group beat it (|w| larger, "
-    "or equal at a lower index); keep it if fewer than 2 do.",
+    hints=(
+        "One thread per group of 4 neighbours in a row: it keeps the 2 largest magnitudes and zeroes the others.",
+        "For each of the 4 elements count how many of its group beat it (|w| larger, or equal at a lower "
+        "index); keep it if fewer than 2 do. Guard row < rows and 4 * g < cols.",
+        "base = 4 * g; for k in range(4): a = abs(w[row, base + k]); larger = number of m with abs(w[row, base + "
+        "m]) > a or (== a and m < k); out[row, base + k] = w[row, base + k] if larger < 2 else 0.0",
+    ),
 )
 def test_prune_2_4():
     rows, cols = 11, 36  # 9 groups a row: the (8, 32) blocks overhang
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w[3, 4:8] = [0.5, -0.5, 0.5, 0.1]  # a tie: the two lower indices win
-    out = poison((rows, cols))
-    ex.prune_2_4_kernel[(2, 1), (8, 32)](w, out)
+    run = grading.launch(ex.prune_2_4_kernel, (2, 1), (8, 32), w, Out((rows, cols)))
+    out = run.out
     groups = torch.from_numpy(w).reshape(rows, cols // 4, 4)
     keep = torch.zeros_like(groups, dtype=torch.bool)
     order = torch.sort(groups.abs(), dim=-1, descending=True, stable=True).indices[..., :2]
@@ -152,5 +183,6 @@ def test_prune_2_4():
     ref = torch.where(keep, groups, torch.zeros_like(groups)).reshape(rows, cols).numpy()
     assert_close(out, ref, rtol=0, atol=0, what="prune_2_4_kernel")
     assert ((out.reshape(rows, -1, 4) != 0).sum(-1) == 2).all(), "every group of 4 must keep exactly 2"
+    run.budget(writes={"out": 4})  # a group of 4 per thread
     with pytest.raises(ValueError, match="multiple of 4"):
         ex.prune_2_4(np.ones((3, 10), np.float32))
