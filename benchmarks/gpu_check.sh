@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|all|pack ...   (logs go to $OUT/logs)
-# Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last. `all` runs the
-# checks side by side (they only need right answers), then the parts whose numbers are timings, one at a time.
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|checks|all|pack ...   (logs go to $OUT/logs)
+# Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last. `checks` runs
+# tests, sanitizer and eval side by side (they only need right answers); `all` is checks, then the parts whose
+# numbers are timings (notebooks, bench), one at a time.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu-out}
@@ -70,15 +71,15 @@ part_eval() {
     --guidance ${EVAL_GUIDANCE:-1 1.5 2 3} 2>&1 | tail -30 | tee "$OUT/logs/eval_guidance.txt"
 }
 
-part_all() {
+part_checks() {  # the parts that only need right answers share the GPU side by side
   part_tests > "$OUT/logs/tests.out" 2>&1 &
   part_sanitizer > "$OUT/logs/sanitizer.out" 2>&1 &
   part_eval > "$OUT/logs/eval.out" 2>&1 &
   wait
   tail -3 "$OUT/logs/tests.out"; cat "$OUT/logs/sanitizer.out"; tail -12 "$OUT/logs/eval.out"
-  part_notebooks
-  part_bench
 }
+
+part_all() { part_checks; part_notebooks; part_bench; }
 
 part_pack() {
   tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"
