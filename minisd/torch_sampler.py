@@ -37,7 +37,9 @@ class TorchSampler:
     ``torch.compile``d one; ``compiled`` marks each step for its CUDA graphs)."""
 
     def __init__(self, model, unet=None, compiled=False):
-        self.model, self.unet, self.compiled = model, unet or model.unet, compiled
+        # `is None`, not `or`: a torch.compile'd module has no truth value (bool() calls the UNet's missing len())
+        self.model, self.compiled = model, compiled
+        self.unet = model.unet if unet is None else unet
         self.scheduler = DDIMScheduler.from_config(model.config["scheduler"])
         self.device = next(model.parameters()).device
 

@@ -292,6 +292,30 @@ def test_the_torch_model_is_sampled_by_the_same_loop(small_weights):
         assert np.abs(ours - theirs).max() <= 2, f"guidance {guidance}: the two loops draw different pictures"
 
 
+def test_the_torch_sampler_takes_a_wrapped_unet(small_weights):
+    """bench hands TorchSampler a torch.compile'd UNet, a wrapper with no truth value (``bool()`` of it
+    raises, as torch's OptimizedModule does): the sampler must use it, not test it."""
+    from minisd.torch_sampler import TorchSampler
+
+    state, config = weights.load(small_weights)
+    model = MiniSD(config).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    calls = []
+
+    class Wrapped(torch.nn.Module):
+        def __len__(self):
+            raise TypeError("UNet2DConditionModel does not support len()")
+
+        def forward(self, *args):
+            calls.append(1)
+            return model.unet(*args)
+
+    prompt = ["a red circle on a blue background"]
+    theirs = TorchSampler(model, Wrapped())(prompt, 2, 1.5, seed=3)
+    assert calls, "the wrapped UNet was not called"
+    assert np.array_equal(theirs, TorchSampler(model)(prompt, 2, 1.5, seed=3))
+
+
 def test_the_backend_is_checked_once(small_weights, monkeypatch):
     """Ops checks its backend when it is made, not on every op call (~6,000 an image once)."""
     pipe = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")

@@ -217,7 +217,8 @@ def run_unet(stream, gen, batches=(2, 32)):
     unet64 = MiniSD().unet.cuda().double().eval()
     unet64.load_state_dict(unet.state_dict())
     arch = architecture.read(model.config)
-    net = Forward(ops, prepare_params({k: v.numpy() for k, v in model.state_dict().items()}, arch, ops), arch)
+    state = {k: v.cpu().numpy() for k, v in model.state_dict().items()}  # model.unet is on the GPU now
+    net = Forward(ops, prepare_params(state, arch, ops), arch)
 
     def unet_forward(sample, timesteps, context):  # the whole UNet: time embedding and prompt k/v included
         return net.unet(sample, net.time_projections(timesteps), net.cross_attention_kv(context))
