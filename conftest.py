@@ -61,8 +61,11 @@ def pytest_configure(config):
             "pytest tests/exercises grades several lessons at once by itself (--grade-jobs N): drop -n."
         )
     # Tiny, ragged test grids are the point. Added here, not in pyproject.toml: naming the warning's class
-    # there makes pytest import numba before minisd.mode has chosen the simulator.
-    config.addinivalue_line("filterwarnings", "ignore::numba.core.errors.NumbaPerformanceWarning")
+    # there makes pytest import numba before minisd.mode has chosen the simulator. Each compiler has its own.
+    errors = (
+        "numba_cuda_mlir.numba_cuda.core.errors" if minisd.mode.NUMBA_CUDA == "mlir" else "numba.core.errors"
+    )
+    config.addinivalue_line("filterwarnings", f"ignore::{errors}.NumbaPerformanceWarning")
 
 
 def _asked_for_exercises(config):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|checks|all|pack ...   (logs go to $OUT/logs)
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|checks|all|mlir|pack ...   (logs go to $OUT/logs)
 # Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last. `checks` runs
 # tests, sanitizer and eval side by side (they only need right answers); `all` is checks, then the parts whose
 # numbers are timings (notebooks, bench), one at a time.
@@ -80,6 +80,35 @@ part_checks() {  # the parts that only need right answers share the GPU side by 
 }
 
 part_all() { part_checks; part_notebooks; part_bench; }
+
+part_mlir() {
+  # The same kernels compiled by numba-cuda-mlir, numba-cuda's successor (MINISD_NUMBA_CUDA=mlir, see
+  # minisd/kernel_backend.py): the graded exercises and minisd's Numba kernel tests, side by side. Its wheel
+  # travels in .whl-mlir (LZMA-repacked by benchmarks/repack_wheel.py to fit the 64 MiB a call may carry, so
+  # .whl cannot come along: the image's numpy 2.5, which numba-cuda-mlir supports, is used unless .whl is there).
+  local site=/tmp/mlir-site
+  log "numba-cuda-mlir: install $(ls .whl-mlir/*.whl 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl-mlir/*.whl \
+    $(ls .whl/*.whl 2>/dev/null) > "$OUT/logs/mlir_install.txt" 2>&1 || { tail -5 "$OUT/logs/mlir_install.txt"; return 1; }
+  (
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" MINISD_NUMBA_CUDA=mlir
+    python -m pip show numpy numba-cuda-mlir cuda-bindings cuda-core cuda-pathfinder 2>&1 | grep -E "^(Name|Version)" \
+      | paste - - > "$OUT/logs/mlir_info.txt"
+    python -m minisd info >> "$OUT/logs/mlir_info.txt" 2>&1
+    log "numba-cuda-mlir: graded exercises (solutions) and minisd's Numba kernels"
+    timeout "${MLIR_EXERCISES_TIMEOUT:-200}" python -m pytest tests/exercises --solutions -q -p no:cacheprovider \
+      > "$OUT/logs/mlir_exercises.txt" 2>&1 &
+    timeout "${MLIR_TESTS_TIMEOUT:-200}" python -m pytest tests/test_ops.py tests/test_warp.py -q -p no:cacheprovider -n 4 \
+      --tb=short 2>&1 | grep -v "Warning\|warnings.warn" > "$OUT/logs/mlir_tests.txt" &
+    wait
+  )
+  { grep -E "^Name|^kernels by|^gpu:|Error" "$OUT/logs/mlir_info.txt"
+    echo "exercises: $(grep -E "score:" "$OUT/logs/mlir_exercises.txt" || tail -1 "$OUT/logs/mlir_exercises.txt")"
+    echo "tests:     $(tail -1 "$OUT/logs/mlir_tests.txt")"
+    grep -E "^(FAILED|ERROR)" "$OUT/logs/mlir_tests.txt" | head -60; grep -E "✘" "$OUT/logs/mlir_exercises.txt" | head -60
+  } > "$OUT/logs/mlir_summary.txt"
+  cat "$OUT/logs/mlir_summary.txt"
+}
 
 part_pack() {
   tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"

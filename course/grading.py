@@ -311,7 +311,7 @@ class Launch:
 def _gpu_padded(host, pad):
     """A device view of ``host`` inside a poisoned buffer: longer by ``pad`` on every axis while that stays
     small, else by ``pad`` elements after its end. Returns (buffer, view, where the view sits in the buffer)."""
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     if np.prod([s + pad for s in host.shape]) <= 1 << 22:
         inside = tuple(slice(0, s) for s in host.shape)
@@ -333,9 +333,8 @@ def launch(kernel, grid, block, *args):
     out-of-bounds access fails at once and ``Launch.budget`` checks each thread's share of the traffic. On a
     GPU each array sits in a padded buffer and a write into the padding fails the test.
     """
-    from numba import cuda
-
     from course import traffic
+    from minisd.kernel_backend import cuda
 
     names = _params(kernel)
     if len(names) != len(args):
@@ -561,6 +560,7 @@ def _fill_shared(a):
 
 
 def _install_simulator_hooks():
+    # numba-cuda's simulator internals, not minisd.kernel_backend: only numba-cuda has a simulator.
     from numba.core import types
     from numba.cuda.simulator import kernel, kernelapi
     from numba.np import numpy_support
@@ -624,7 +624,9 @@ def _install_simulator_hooks():
 
 
 def _install_gpu_hooks():
-    from numba.cuda import dispatcher
+    if mode.NUMBA_CUDA == "mlir":
+        return _install_mlir_gpu_hooks()
+    from numba.cuda import dispatcher  # numba-cuda's own launch object: what its kernel[grid, block] returns
 
     configured = getattr(dispatcher, "_LaunchConfiguration", None)
     if configured is None:
@@ -636,6 +638,25 @@ def _install_gpu_hooks():
         return launch_configured(self, *args)
 
     configured.__call__ = recorded
+    return True
+
+
+def _install_mlir_gpu_hooks():
+    """numba-cuda-mlir's kernel[grid, block] returns a launcher built in C: wrap the method that makes it."""
+    from numba_cuda_mlir.descriptor import MLIRDispatcher
+
+    configure = MLIRDispatcher.configure
+
+    def recorded(self, griddim, blockdim, *args, **kwargs):
+        launcher = configure(self, griddim, blockdim, *args, **kwargs)
+
+        def launch(*kernel_args):
+            _record(self.py_func.__name__, griddim, blockdim)
+            return launcher(*kernel_args)
+
+        return launch
+
+    MLIRDispatcher.configure = recorded
     return True
 
 

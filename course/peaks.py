@@ -67,7 +67,7 @@ def bandwidth():
     what = "device-to-device copy"
     if not mode.ON_GPU:
         return Ceiling(REFERENCE_BANDWIDTH, "B/s", what, REFERENCE_GPU, measured=False)
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     src = cuda.device_array(COPY_BYTES // 4, np.float32)  # contents do not matter to a copy
     dst = cuda.device_array_like(src)

@@ -49,9 +49,9 @@ without ``syncwarp``) may pass here and race on a GPU — ``compute-sanitizer --
 import threading
 
 import numpy as np
-from numba import cuda
 
 import minisd.mode as mode
+from minisd.kernel_backend import cuda
 
 FULL_MASK = 0xFFFFFFFF
 WARP_SIZE = 32
@@ -295,7 +295,7 @@ def _sim_popc(val):
 
 def _install_into_simulator():
     """Give the simulator's in-kernel ``cuda`` the warp functions, and make its threads report when they end."""
-    from numba.cuda.simulator import kernel, kernelapi
+    from numba.cuda.simulator import kernel, kernelapi  # numba-cuda's own: numba-cuda-mlir has no simulator
 
     fake = kernelapi.FakeCUDAModule
     if getattr(fake, "_course_warp_installed", False):

@@ -12,7 +12,7 @@ import math  # noqa: F401  (you will want math.ceil in 00.5)
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda
+from minisd.kernel_backend import cuda  # numba.cuda (numba-cuda-mlir's if MINISD_NUMBA_CUDA=mlir)
 
 
 # 00.1 -------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is
 
 # isort: split
 import numpy as np  # noqa: F401  (np.float32 in the kernels)
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010
 

@@ -13,7 +13,7 @@ import math  # noqa: F401  (math.floor for 02.3)
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda
+from minisd.kernel_backend import cuda
 
 
 # 02.1 -------------------------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ import numpy as np  # noqa: F401  (np.float32, np.int32, -np.inf in the kernels)
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda
-
 from course import warp  # noqa: F401  (03.4: warp.shfl_xor_sync, warp.FULL_MASK)
+from minisd.kernel_backend import cuda
 
 THREADS = 64  # threads per block of the 1-D kernels (the tests launch with exactly this many)
 RADIUS = 3  # 03.1: out[i] averages x[i - RADIUS .. i + RADIUS]

@@ -8,7 +8,8 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 
 # isort: split
 import numpy as np  # noqa: F401  (for your conv2d)
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 THREADS = 128
 

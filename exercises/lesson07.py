@@ -10,9 +10,9 @@ import minisd.mode as mode
 
 # isort: split
 import numpy as np  # noqa: F401  (for your host functions)
-from numba import cuda, float32, int32
 
 from course import warp  # noqa: F401  (warp.shfl_xor_sync, warp.FULL_MASK)
+from minisd.kernel_backend import cuda, float32, int32
 
 WARP = 32
 NORM_THREADS = mode.pick(gpu=256, simulator=32)  # threads per block of the normalisation kernels

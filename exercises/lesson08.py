@@ -11,7 +11,8 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 
 # isort: split
 import numpy as np  # noqa: F401  (for your attention)
-from numba import cuda, float32  # noqa: F401  (float32 for your accumulators)
+
+from minisd.kernel_backend import cuda, float32  # noqa: F401  (float32 for your accumulators)
 
 DMAX = 128  # longest head dimension the fused kernel keeps in registers (local arrays need a fixed size)
 THREADS = 64

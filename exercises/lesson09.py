@@ -10,7 +10,8 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 # isort: split
 import numpy as np
 import torch  # noqa: F401  (your diffusion_loss uses it)
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 THREADS = 256
 

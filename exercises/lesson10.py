@@ -15,8 +15,8 @@ import minisd.mode as mode
 
 # isort: split
 import numpy as np
-from numba import cuda
 
+from minisd.kernel_backend import cuda
 from minisd.ops.rng import GOLDEN, M1, M2, key_of
 
 THREADS = 256

@@ -20,7 +20,8 @@ import minisd.mode as mode  # first: picks the simulator before numba.cuda loads
 
 # isort: split
 import numpy as np
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 from . import lesson04, lesson06, lesson07, lesson08, lesson10
 

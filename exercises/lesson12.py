@@ -7,7 +7,8 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 
 # isort: split
 import numpy as np
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 
 @dataclass(frozen=True)

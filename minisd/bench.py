@@ -234,7 +234,7 @@ def measure(name, make, state, config, args, log):
 
 def device_sync():
     if mode.ON_GPU:
-        from numba import cuda
+        from minisd.kernel_backend import cuda
 
         cuda.synchronize()
 

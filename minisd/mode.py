@@ -9,11 +9,16 @@ Three modes, one per machine:
 
 The simulator must be chosen before ``numba.cuda`` is imported, so import this module (or ``minisd``,
 or ``course``) first. ``NUMBA_ENABLE_CUDASIM=1`` forces the simulator; ``=0`` insists on a GPU.
+
+Which Numba compiles the kernels is decided here too: ``MINISD_NUMBA_CUDA=mlir`` picks numba-cuda-mlir,
+numba-cuda's successor, on a GPU (it has no simulator); the default is numba-cuda. minisd.kernel_backend
+imports ``cuda`` from the one chosen.
 """
 
 import ctypes
 import ctypes.util
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -56,6 +61,28 @@ def _decide():
 MODE = _decide()
 ON_GPU = MODE == "gpu"
 SIMULATOR = MODE == "simulator"
+
+NUMBA_CUDAS = ("numba-cuda", "mlir")
+
+
+def _numba_cuda():
+    chosen = os.environ.get("MINISD_NUMBA_CUDA") or "numba-cuda"
+    if chosen not in NUMBA_CUDAS:
+        raise ValueError(f"unknown MINISD_NUMBA_CUDA={chosen!r}: choose numba-cuda (the default) or mlir")
+    if chosen == "mlir" and SIMULATOR:
+        raise RuntimeError(
+            "MINISD_NUMBA_CUDA=mlir needs a CUDA GPU: numba-cuda-mlir has no simulator. Unset MINISD_NUMBA_CUDA "
+            "to run the kernels in numba-cuda's simulator."
+        )
+    if chosen == "mlir" and importlib.util.find_spec("numba_cuda_mlir") is None:
+        raise RuntimeError(
+            "MINISD_NUMBA_CUDA=mlir asks for numba-cuda-mlir, which is not installed: pip install "
+            "'numba-cuda-mlir[cu13]' (or [cu12]), or unset MINISD_NUMBA_CUDA."
+        )
+    return chosen
+
+
+NUMBA_CUDA = _numba_cuda()  # which Numba compiles the kernels: "numba-cuda" or "mlir" (numba-cuda-mlir)
 
 
 def has_cupy():
@@ -114,7 +141,7 @@ def pick(gpu, simulator):
 def gpu_name():
     if not ON_GPU:
         return None
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     name = cuda.get_current_device().name
     return name.decode() if isinstance(name, bytes) else name
@@ -156,14 +183,23 @@ CuPy is missing: pip install -e '.[cuda13]' (or '.[cuda12]') for the CUDA C++ le
 backend."""
 
 
+def _numba_cuda_line():
+    if NUMBA_CUDA == "mlir":
+        return f"numba-cuda-mlir {_version('numba-cuda-mlir')} (MINISD_NUMBA_CUDA=mlir)"
+    mlir = _version("numba-cuda-mlir")
+    other = f"numba-cuda-mlir {mlir} is installed" if mlir else "numba-cuda-mlir is not installed"
+    return f"numba-cuda (MINISD_NUMBA_CUDA=mlir switches to its successor; {other})"
+
+
 def info():
     """The report printed by ``python -m minisd info``."""
     lines = [
         f"mode:         {MODE}",
         f"backend:      {default_backend()} (minisd's default; MINISD_BACKEND overrides)",
+        f"kernels by:   {_numba_cuda_line()}",
     ]
     if ON_GPU:
-        from numba import cuda
+        from minisd.kernel_backend import cuda
 
         dev = cuda.get_current_device()
         cc, sms = ".".join(map(str, dev.compute_capability)), dev.MULTIPROCESSOR_COUNT

@@ -6,7 +6,7 @@ size is too small for the layout"), and it cannot pass ``None`` to a kernel. Cod
 simulator (CI, laptops) and breaks on the GPU is the worst kind of bug in a course, so ``make_strict()``
 wraps the simulator's launch to raise the same refusals, with the fix in the message.
 
-``course`` and ``minisd.ops.numba`` call ``make_strict()`` when they import numba.cuda; it does nothing on
+``course`` and ``minisd.ops.numba`` call ``make_strict()`` when they import ``cuda``; it does nothing on
 a GPU.
 """
 
@@ -36,7 +36,7 @@ def make_strict():
     """Wrap the simulator's kernel launch with ``check_kernel_argument`` (once; nothing on a GPU)."""
     if not mode.SIMULATOR:
         return
-    from numba.cuda.simulator import kernel
+    from numba.cuda.simulator import kernel  # numba-cuda's own: numba-cuda-mlir has no simulator
 
     launch = kernel.FakeCUDAKernel.__call__
     if getattr(launch, "checks_like_a_gpu", False):

@@ -5,7 +5,7 @@ import math
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda
+from minisd.kernel_backend import cuda  # numba.cuda (numba-cuda-mlir's if MINISD_NUMBA_CUDA=mlir)
 
 
 # 00.1 -------------------------------------------------------------------------------------------------

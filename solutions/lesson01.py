@@ -4,7 +4,8 @@ import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is
 
 # isort: split
 import numpy as np
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 MAX_THREADS_PER_BLOCK = 1024  # every NVIDIA GPU since 2010
 # float32 constants: a bare 0.299 or 1.0 is a float64 and drags the kernel's arithmetic into float64

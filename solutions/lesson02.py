@@ -6,7 +6,8 @@ import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is
 
 # isort: split
 import numpy as np
-from numba import cuda
+
+from minisd.kernel_backend import cuda
 
 
 # 02.1 -------------------------------------------------------------------------------------------------

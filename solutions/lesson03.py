@@ -5,9 +5,8 @@ import numpy as np
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda
-
 from course import warp
+from minisd.kernel_backend import cuda
 
 THREADS = 64  # threads per block of the 1-D kernels (the tests launch with exactly this many)
 RADIUS = 3  # 03.1: out[i] averages x[i - RADIUS .. i + RADIUS]

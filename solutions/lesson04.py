@@ -5,7 +5,7 @@ import numpy as np
 import minisd.mode  # noqa: F401  (decides GPU or simulator before numba.cuda is imported)
 
 # isort: split
-from numba import cuda, float32
+from minisd.kernel_backend import cuda, float32
 
 TILE = 16  # 04.2: a block of TILE x TILE threads computes a TILE x TILE tile of C
 BM, BN, BK = 32, 32, 8  # 04.3: a block computes a BM x BN tile of C, stepping through K by BK

@@ -6,9 +6,9 @@ import minisd.mode as mode
 
 # isort: split
 import numpy as np
-from numba import cuda, float32, int32
 
 from course import warp
+from minisd.kernel_backend import cuda, float32, int32
 
 WARP = 32
 NORM_THREADS = mode.pick(gpu=256, simulator=32)  # threads per block of the normalisation kernels

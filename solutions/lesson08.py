@@ -9,7 +9,8 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 
 # isort: split
 import numpy as np
-from numba import cuda, float32
+
+from minisd.kernel_backend import cuda, float32
 
 DMAX = 128  # longest head dimension the fused kernel keeps in registers (local arrays need a fixed size)
 THREADS = 64

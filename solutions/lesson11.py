@@ -16,7 +16,8 @@ import minisd.mode as mode  # first: picks the simulator before numba.cuda loads
 
 # isort: split
 import numpy as np
-from numba import cuda, float32
+
+from minisd.kernel_backend import cuda, float32
 
 from . import lesson04, lesson06, lesson07, lesson08, lesson10
 

@@ -44,8 +44,8 @@ PLANTS = [
     ),
     (
         "lesson02.py",
-        "from numba import cuda\n",
-        "from numba import cuda\nfrom numba import no_such_name  # planted\n",
+        "from minisd.kernel_backend import cuda\n",
+        "from minisd.kernel_backend import cuda\nfrom numba import no_such_name  # planted\n",
     ),
     (
         "lesson03.py",

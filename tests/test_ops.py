@@ -30,8 +30,7 @@ BACKENDS = ["numpy", "numba"] + (["cupy"] if mode.has_cupy() else [])  # cupy: t
 def _simulator_ok_and_poisoned(monkeypatch):
     """Allow the numba backend in the simulator, and poison every output the numba backend allocates."""
     monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
-    from numba import cuda
-
+    from minisd.kernel_backend import cuda
     from minisd.ops.numba import common
 
     monkeypatch.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
@@ -117,7 +116,7 @@ def no_none_launches(monkeypatch):
     """Make the simulator refuse a kernel launch with a None argument, as a real GPU does."""
     if mode.ON_GPU:
         return  # the real launcher refuses None by itself
-    from numba.cuda.simulator import kernel as sim
+    from numba.cuda.simulator import kernel as sim  # numba-cuda's own: numba-cuda-mlir has no simulator
 
     launch = sim.FakeCUDAKernel.__call__
 
@@ -132,7 +131,7 @@ def no_none_launches(monkeypatch):
 
 @pytest.mark.skipif(mode.ON_GPU, reason="checks the simulator's stand-in for the GPU's refusal")
 def test_no_none_launches_catches_a_none(no_none_launches):
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     @cuda.jit
     def kernel(a, b):

@@ -8,7 +8,7 @@ import minisd.mode as mode
 from minisd.simulator import check_kernel_argument
 
 if mode.SIMULATOR:
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     @cuda.jit
     def copy(x, out):

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from numba import cuda
 
 import minisd.mode as mode
 from course import traffic
+from minisd.kernel_backend import cuda
 
 pytestmark = pytest.mark.skipif(mode.ON_GPU, reason="tracked arrays exist only in the simulator")
 

@@ -8,10 +8,10 @@ in whichever mode this machine has; on a GPU they check the hardware against the
 
 import numpy as np
 import pytest
-from numba import cuda
 
 import minisd.mode as mode
 from course import warp
+from minisd.kernel_backend import cuda
 
 FULL = warp.FULL_MASK
 DELTAS = 40  # 32..39 show that only the low 5 bits of delta count

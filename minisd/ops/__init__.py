@@ -78,7 +78,7 @@ def _cupy():
 
 def _as_numba(x):
     """A Numba view of a device array (zero copy), or a copy of a numpy array on the device."""
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     kind = _kind(x)
     if kind == "numpy":
@@ -206,8 +206,7 @@ class _Call:
 
     def _alloc(self, shape):
         """Output for the numba backend, allocated by the caller's library: (numba view, what to return)."""
-        from numba import cuda
-
+        from minisd.kernel_backend import cuda
         from minisd.ops.numba.common import empty
 
         if self.kind == "cupy":
@@ -230,7 +229,7 @@ class _Call:
             import torch
 
             return torch.as_tensor(out, device=self.first.device)
-        from numba import cuda
+        from minisd.kernel_backend import cuda
 
         return cuda.as_cuda_array(out, sync=False)
 

@@ -281,15 +281,14 @@ def _to_torch(inputs):
 
 
 def _to_device(inputs):
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     return {k: cuda.to_device(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
 
 
 def check(op, version, rng, full=False, **variant):
     """Run one kernel version on fresh inputs, output poisoned; returns (error, tolerance)."""
-    from numba import cuda
-
+    from minisd.kernel_backend import cuda
     from minisd.ops.numba import VERSIONS
 
     case = CASES[op]
@@ -303,8 +302,7 @@ def check(op, version, rng, full=False, **variant):
 
 def time_version(op, version, rng):
     """(milliseconds per call, bytes or None, flops or None) at full size, by ``harness.time_gpu``."""
-    from numba import cuda
-
+    from minisd.kernel_backend import cuda
     from minisd.ops.numba import VERSIONS
 
     case = CASES[op]

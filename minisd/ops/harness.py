@@ -83,7 +83,7 @@ def time_gpu(fn, *, warmup=3, repeat=20):
         for _ in range(repeat):
             fn()
         return (time.perf_counter() - start) * 1e3 / repeat
-    from numba import cuda
+    from minisd.kernel_backend import cuda
 
     times = []
     for _ in range(repeat):

@@ -312,10 +312,10 @@ def zygote_main():
     import numpy  # noqa: F401
     import pytest
     import torch  # noqa: F401
-    from numba import cuda  # noqa: F401
 
     import course.warp  # noqa: F401
     import minisd.model  # noqa: F401
+    from minisd.kernel_backend import cuda  # noqa: F401
 
     print(json.dumps({"ready": True}), flush=True)
     pending = b""

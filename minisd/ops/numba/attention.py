@@ -15,8 +15,7 @@ v2/v3 are compiled per head dimension D (local arrays need a constant size); D >
 
 import math
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba import softmax
 from minisd.ops.numba.common import cdiv, empty, get_stream, launch1d
 

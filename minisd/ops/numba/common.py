@@ -5,9 +5,9 @@ is what switches the simulator on when there is no GPU.)
 """
 
 import numpy as np
-from numba import cuda
 
 import minisd.simulator
+from minisd.kernel_backend import cuda
 
 minisd.simulator.make_strict()  # the simulator refuses what a GPU refuses (strided host arrays, None)
 

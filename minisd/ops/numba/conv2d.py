@@ -15,8 +15,7 @@ v2/v3 need the staged patch to fit the static shared arrays (stride <= 2 and ker
 these sizes); other shapes fall back to v1. v4 takes any kernel size and stride.
 """
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 TILE = 8  # output patch per block (TILE x TILE threads); 8 suits the 8-32 px images of minisd

@@ -12,8 +12,7 @@ v2  the classic tiled transpose: a 32x32 tile goes through shared memory (33 col
 
 import math
 
-from numba import cuda, float32, float64
-
+from minisd.kernel_backend import cuda, float32, float64
 from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 INV_SQRT2 = float32(1.0 / math.sqrt(2.0))

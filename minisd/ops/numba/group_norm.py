@@ -12,8 +12,7 @@ v3  one block per group with Welford: each thread keeps (count, mean, M2) in one
 
 import math
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba.common import empty, get_stream, launch1d, optional
 
 TPB = 128  # threads per group (a power of two for the tree reduction)

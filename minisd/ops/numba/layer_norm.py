@@ -8,8 +8,7 @@ v2  a 32-thread team per row (ROWS rows per block): each lane runs Welford over 
 
 import math
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
 
 LANES = 32  # threads per row (power of two)

@@ -8,8 +8,7 @@ v3  register blocking: a 16x16 block computes a 64x64 tile, 4x4 outputs per thre
     of x and w in shared memory: each shared value read feeds 4 multiply-adds (4x the math per load).
 """
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba.common import cdiv, get_stream, optional
 
 T2 = 16  # v2 tile

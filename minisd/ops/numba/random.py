@@ -11,8 +11,8 @@ import math
 import warnings
 
 import numpy as np
-from numba import cuda, float64, uint64
 
+from minisd.kernel_backend import cuda, float64, uint64
 from minisd.mode import SIMULATOR
 from minisd.ops import rng
 from minisd.ops.numba.common import launch1d

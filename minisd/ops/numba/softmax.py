@@ -10,8 +10,7 @@ v3  online softmax: each lane keeps a running (max, sum) in ONE pass, rescaling 
 
 import math
 
-from numba import cuda, float32
-
+from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba.common import cdiv, get_stream, launch1d
 
 LANES = 32
