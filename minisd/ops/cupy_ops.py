@@ -143,7 +143,12 @@ def linear(x, weight, bias, residual=None, *, out, precision=None):
     the output) is added in the epilogue: a transformer's skip connection without another pass. ``out``
     may be ``residual`` itself: each element is read, then written, by the same thread."""
     n, k = weight.shape
-    m = x.size // k if k else 0
+    if k == 0:  # an empty dot product: the bias (and residual) alone, as in torch
+        out[...] = 0.0 if bias is None else bias
+        if residual is not None:
+            out += residual
+        return out
+    m = x.size // k
     if m == 0 or n == 0:
         return out
     mode = _precision(precision)

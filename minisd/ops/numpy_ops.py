@@ -63,8 +63,10 @@ def gelu(x, *, out):
     """Exact GELU = x * Phi(x) = x/2 * erfc(-x/sqrt(2)).
 
     erfc keeps its relative accuracy in the left tail. Written with in-place float32 passes: the GEGLU
-    hidden layer is the largest activation of the UNet, so temporaries here cost real time.
+    hidden layer is the largest activation of the UNet, so temporaries here cost real time. (atleast_1d:
+    numpy makes a 0-d result a scalar, which the in-place passes could not write into.)
     """
+    x, y = np.atleast_1d(x, out)
     z = np.abs(x) * np.float32(1 / math.sqrt(2.0))
     t = np.float32(0.5) * z
     t += 1.0
@@ -80,7 +82,8 @@ def gelu(x, *, out):
     # erfc(-x/sqrt 2) = 2 - erfc(|x|/sqrt 2) for x > 0, erfc(|x|/sqrt 2) for x <= 0
     np.subtract(2.0, poly, out=poly, where=x > 0)
     poly *= np.float32(0.5)
-    return np.multiply(poly, x, out=out)
+    np.multiply(poly, x, out=y)
+    return out
 
 
 def geglu(x, *, out):
@@ -123,7 +126,7 @@ def layer_norm(x, weight, bias, eps, *, out):
 
 def linear(x, weight, bias, residual, *, out):
     flat = out.reshape(-1, weight.shape[0])
-    np.matmul(x.reshape(-1, x.shape[-1]), weight.T, out=flat)
+    np.matmul(x.reshape(flat.shape[0], x.shape[-1]), weight.T, out=flat)  # not -1: in_features may be 0
     if bias is not None:
         flat += bias
     if residual is not None:
@@ -133,6 +136,8 @@ def linear(x, weight, bias, residual, *, out):
 
 def _softmax_(x):
     """Softmax over the last axis, in place (attention's scores are a temporary anyway)."""
+    if not x.shape[-1]:  # no keys: nothing to normalize, and attention's sum over them is zeros, as torch's
+        return x
     x -= x.max(axis=-1, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=-1, keepdims=True)
