@@ -125,7 +125,7 @@ extern "C" __global__ void scheduler_step_kernel(const float* __restrict__ sampl
     {
         const float s = sample[i], e = eps[i];
         float x0 = (s - sqrt_beta * e) * inv_sqrt_alpha;
-        if (clip > 0.0f) x0 = fminf(fmaxf(x0, -clip), clip);
+        if (clip > 0.0f) x0 = x0 < -clip ? -clip : (x0 > clip ? clip : x0);  // NaN stays NaN (fminf drops it)
         float v = c_x0 * x0 + c_eps * e + c_sample * s;
         if (noise) v += c_noise * noise[i];
         out[i] = v;

@@ -223,7 +223,7 @@ def _scheduler_step(
         e = eps[i]
         x0 = (x - sqrt_beta * e) * inv_sqrt_alpha
         if has_clip:
-            x0 = min(max(x0, -clip), clip)
+            x0 = -clip if x0 < -clip else (clip if x0 > clip else x0)  # NaN stays NaN, as in torch.clamp
         y = c_x0 * x0 + c_eps * e + c_sample * x
         if has_noise:
             y += c_noise * noise[i]
