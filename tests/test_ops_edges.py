@@ -232,3 +232,43 @@ def test_tokens_are_a_copy_even_with_one_channel(backend):
 )
 def test_refused_the_same_on_every_backend(call, message):
     assert message in refusals(call)
+
+
+# --- what the property tests (tests/test_properties.py) found, kept as plain regressions ---------------
+
+
+def _diffusers_prev(kind, sample, eps, a_t, a_prev, clip=1.0):
+    """diffusers' DDIM / DDPM step (epsilon, no noise): DDIM has no sample term, DDPM no eps term."""
+    x0 = ((sample - (1 - a_t) ** 0.5 * eps) / a_t**0.5).clamp(-clip, clip)
+    if kind == "ddim":
+        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    alpha = a_t / a_prev
+    return (a_prev**0.5 * (1 - alpha) / (1 - a_t)) * x0 + (alpha**0.5 * (1 - a_prev) / (1 - a_t)) * sample
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scheduler_steps_with_inf_as_diffusers(backend):
+    """An inf sample (DDIM) or eps (DDPM) is clipped in x0 and absent from the rest of the formula: the
+    fused step used to add 0 * inf = NaN for the term the formula does not have."""
+    sample, eps = f32([INF, 0.5, -INF, 0.2]), f32([0.1, -INF, 0.3, INF])
+    s, e = torch.from_numpy(sample).double(), torch.from_numpy(eps).double()
+    ddim = Ops(backend).ddim_step(sample, f32([0.1, 0.2, 0.3, 0.4]), 0.5, 0.6)
+    assert_like_torch(ddim, _diffusers_prev("ddim", s, torch.tensor([0.1, 0.2, 0.3, 0.4]).double(), 0.5, 0.6))
+    ddpm = Ops(backend).ddpm_step(f32([0.1, 0.2, 0.3, 0.4]), eps, 0.5, 0.6)
+    assert_like_torch(ddpm, _diffusers_prev("ddpm", torch.tensor([0.1, 0.2, 0.3, 0.4]).double(), e, 0.5, 0.6))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scheduler_step_of_0d_stays_0d(backend):
+    out = Ops(backend).ddim_step(f32(0.3), f32(-0.2), 0.5, 0.6)
+    assert_like_torch(
+        out, _diffusers_prev("ddim", torch.tensor(0.3).double(), torch.tensor(-0.2).double(), 0.5, 0.6)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_silu_of_huge_values(backend):
+    """silu(-3e15) is -0: exp(3e15) is inf on a GPU, and the simulator's Python math raised OverflowError."""
+    x, w = np.tile(f32([1.0, -2.0, 0.5]), (1, 2, 1)), f32([3e15, -3e15])
+    ref = F.silu(F.group_norm(torch.from_numpy(x).double(), 1, torch.from_numpy(w).double()))
+    assert_like_torch(Ops(backend).group_norm(x, 1, w, silu=True), ref, atol=0)

@@ -343,7 +343,19 @@ def scheduler_step(sample, eps, noise, coef, clip, *, out):
         np.float32(getattr(coef, k))
         for k in ("sqrt_beta", "inv_sqrt_alpha", "c_x0", "c_eps", "c_sample", "c_noise")
     ]
-    args = (sample, eps, _ptr(noise), out, np.int64(sample.size), f[0], f[1], np.float32(clip or 0.0), *f[2:])
+    terms = _i32(*coef.terms)  # DDPM has no eps term, DDIM no sample term
+    args = (
+        sample,
+        eps,
+        _ptr(noise),
+        out,
+        np.int64(sample.size),
+        f[0],
+        f[1],
+        np.float32(clip or 0.0),
+        *f[2:],
+        *terms,
+    )
     _launch_1d(_kernel(("elementwise.cu",), "scheduler_step_kernel"), sample.size, args)
     return out
 

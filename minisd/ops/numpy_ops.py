@@ -220,19 +220,25 @@ def timestep_embedding(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, *,
 def scheduler_step(sample, eps, noise, coef, clip, *, out):
     """prev = c_x0 * clip(x0) + c_eps * eps + c_sample * sample + c_noise * noise, x0 from eps.
 
-    ``coef`` is a minisd.schedulers.StepCoefficients: one formula covers DDIM and DDPM steps.
+    ``coef`` is a minisd.schedulers.StepCoefficients: one formula covers DDIM and DDPM steps (each without
+    the term it does not have, ``coef.terms``). atleast_1d: numpy makes 0-d results scalars, and a scalar
+    cannot be clipped in place.
     """
     f = {
         k: np.float32(getattr(coef, k)) for k in ("sqrt_beta", "inv_sqrt_alpha", "c_x0", "c_eps", "c_sample")
     }
+    sample, eps, y = np.atleast_1d(sample, eps, out)
     x0 = (sample - f["sqrt_beta"] * eps) * f["inv_sqrt_alpha"]
     if clip is not None:
         np.clip(x0, -np.float32(clip), np.float32(clip), out=x0)
-    np.multiply(x0, f["c_x0"], out=out)
-    out += f["c_eps"] * eps
-    out += f["c_sample"] * sample
+    np.multiply(x0, f["c_x0"], out=y)
+    with_eps, with_sample = coef.terms
+    if with_eps:
+        y += f["c_eps"] * eps
+    if with_sample:
+        y += f["c_sample"] * sample
     if noise is not None:
-        out += np.float32(coef.c_noise) * noise
+        y += np.float32(coef.c_noise) * noise
     return out
 
 
