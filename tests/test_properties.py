@@ -395,7 +395,8 @@ def _check_op(backend, name, data):
     want = ref(**{k: _torch(v) for k, v in kwargs.items()})
     out = getattr(Ops(backend), name)(**kwargs)
     if specials and backend == "cupy" and name in MATMULS:
-        # 3xTF32 splits x into big + (x - big): for x = +-inf that is inf - inf = NaN. Known, see the report.
+        # a documented limitation (minisd/ops/cupy_ops.py): 3xTF32 splits x into big + (x - big), and for
+        # x = +-inf that is inf + NaN, so an infinite input of a matrix product gives NaN, not inf
         want = torch.where(want.isinf(), torch.nan, want)
     inputs = max(
         (float(np.abs(kwargs[k][np.isfinite(kwargs[k])]).max(initial=0)) for k in _arrays(kwargs)), default=0

@@ -13,6 +13,8 @@ Matrix products (conv2d, linear) run on the tensor cores. ``precision`` picks ho
   "fp32"   plain float32 FMAs on the CUDA cores: the reference path.
 At minisd's sizes all three take about the same time (latency-bound). Before Ampere (compute capability
 8.0) the tensor-core modes fall back to fp32; before Hopper (9.0) K is never split across a cluster.
+NaN inputs give NaN in every mode, but an infinite input gives NaN, not torch's inf, in "3xtf32": its
+split x = big + (x - big) is inf + NaN there. "fp32" gives torch's inf.
 """
 
 import functools
