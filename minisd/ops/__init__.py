@@ -349,7 +349,7 @@ class Ops:
     def attention(self, q, k, v, heads=None, scale=None):
         """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
 
-        Lk may differ from Lq (cross-attention). scale defaults to 1/sqrt(D).
+        Lk may differ from Lq (cross-attention); Lk = 0 gives zeros, as in torch. scale defaults to 1/sqrt(D).
         """
         call = self._call(q, "q")
         q, k, v = call.arr("q", q, (3, 4)), call.arr("k", k, (3, 4)), call.arr("v", v, (3, 4))
