@@ -55,8 +55,8 @@ class StepCoefficients:
 
     @property
     def terms(self):
-        """(has an eps term, has a sample term). DDIM's prev has no sample term and DDPM's no eps term, as in
-        diffusers: leaving them out, not multiplying them by 0, keeps an inf input from giving 0 * inf = NaN."""
+        """(has an eps term, has a sample term). DDIM's prev has no sample term and DDPM's no eps term, as
+        in diffusers: leaving them out, not multiplying them by 0, keeps an inf input from giving NaN."""
         return self.kind != "ddpm", self.kind != "ddim"
 
     def apply(self, sample, eps, noise=None, clip=None):

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             s[i] = j < valid ? dot : NEG_INF;
             tile_max = max_nan(tile_max, s[i]);
         }
-        if (tile_max != NEG_INF) {  // this thread has at least one real key here (or a NaN, which must spread)
+        if (tile_max != NEG_INF) {  // this thread has a real key here (or a NaN, which must spread)
             const float m_new = max_nan(m, tile_max);
             const float corr = exp2f(m - m_new);  // 0 on the first tile (m = -inf)
             l *= corr;
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float mq = m;
 #pragma unroll
     for (int off = SPLIT / 2; off > 0; off /= 2) mq = max_nan(mq, __shfl_xor_sync(0xffffffffu, mq, off));
-    const float w = exp2f(m - mq);  // mq is finite unless a score is NaN or inf: then so is the row, as in torch
+    const float w = exp2f(m - mq);  // mq is finite unless a score is NaN or inf: then the row is NaN, as torch
     l *= w;
 #pragma unroll
     for (int off = SPLIT / 2; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
