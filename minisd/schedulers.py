@@ -53,12 +53,23 @@ class StepCoefficients:
     c_sample: float
     c_noise: float
 
+    @property
+    def terms(self):
+        """(has an eps term, has a sample term). DDIM's prev has no sample term and DDPM's no eps term, as
+        in diffusers: leaving them out, not multiplying them by 0, keeps an inf input from giving NaN."""
+        return self.kind != "ddpm", self.kind != "ddim"
+
     def apply(self, sample, eps, noise=None, clip=None):
         """The step on numpy, torch or CuPy arrays (arithmetic and ``.clip`` only): the reference."""
         x0 = (sample - self.sqrt_beta * eps) * self.inv_sqrt_alpha
         if clip is not None:
             x0 = x0.clip(-clip, clip)
-        prev = self.c_x0 * x0 + self.c_eps * eps + self.c_sample * sample
+        with_eps, with_sample = self.terms
+        prev = self.c_x0 * x0
+        if with_eps:
+            prev = prev + self.c_eps * eps
+        if with_sample:
+            prev = prev + self.c_sample * sample
         return prev if noise is None else prev + self.c_noise * noise
 
 

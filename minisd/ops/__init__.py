@@ -76,13 +76,17 @@ def _cupy():
     return cupy
 
 
+def _host_contiguous(x):
+    return np.ascontiguousarray(x).reshape(x.shape)  # reshape: ascontiguousarray makes a 0-d array (1,)
+
+
 def _as_numba(x):
     """A Numba view of a device array (zero copy), or a copy of a numpy array on the device."""
     from minisd.kernel_backend import cuda
 
     kind = _kind(x)
     if kind == "numpy":
-        return cuda.to_device(np.ascontiguousarray(x), stream=get_stream())
+        return cuda.to_device(_host_contiguous(x), stream=get_stream())
     if kind == "numba" and hasattr(x, "copy_to_host"):  # already a Numba device array
         return x
     return cuda.as_cuda_array(x, sync=False)  # no host sync: the caller orders streams (see set_stream)
@@ -172,7 +176,7 @@ class _Call:
                 f"{name} has {math.prod(x.shape)} elements; CuPy's kernels index with 32-bit ints"
             )
         if kind == "numpy":
-            x = np.ascontiguousarray(x)
+            x = _host_contiguous(x)
         elif not _contiguous(x, kind):
             raise ValueError(
                 f"{name} must be C-contiguous on the device (e.g. .contiguous() / ascontiguousarray)"
@@ -310,6 +314,10 @@ class Ops:
         stride, padding = _int("stride", stride, 1), _int("padding", padding, 0)
         n, c, h, w = x.shape
         o, wc, kh, kw = weight.shape
+        if 0 in weight.shape:
+            raise ValueError(
+                f"weight must have no empty axis (a kernel of at least 1x1), got {tuple(weight.shape)}"
+            )
         if wc != c:
             raise ValueError(
                 f"weight expects {wc} input channels (shape {tuple(weight.shape)}), but x has {c}"
@@ -340,7 +348,7 @@ class Ops:
     def attention(self, q, k, v, heads=None, scale=None):
         """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
 
-        Lk may differ from Lq (cross-attention). scale defaults to 1/sqrt(D).
+        Lk may differ from Lq (cross-attention); Lk = 0 gives zeros, as in torch. scale defaults to 1/sqrt(D).
         """
         call = self._call(q, "q")
         q, k, v = call.arr("q", q, (3, 4)), call.arr("k", k, (3, 4)), call.arr("v", v, (3, 4))
@@ -373,8 +381,6 @@ class Ops:
             if q.shape[2] % heads:
                 raise ValueError(f"heads={heads} must divide q's last axis {q.shape[2]}")
             d = q.shape[2] // heads
-        if tuple(q.shape)[-2] and not tuple(k.shape)[-2]:
-            raise ValueError("k and v have no keys (Lk = 0)")
         scale = np.float32(1.0 / math.sqrt(d) if scale is None else scale)
         return call.run(self.kernels.attention, q.shape, q, k, v, heads, scale)
 
@@ -400,7 +406,7 @@ class Ops:
         x = call.arr("x", x)
         weight, bias = call.arr("weight", weight, 1), call.arr("bias", bias, 1)
         if len(x.shape) < 1:
-            raise ValueError("x must have at least one axis")
+            raise ValueError("layer_norm is over the last axis: x must have one, got a 0-d array")
         _vector("weight", weight, tuple(x.shape)[-1], "the size of x's last axis")
         _vector("bias", bias, tuple(x.shape)[-1], "the size of x's last axis")
         return call.run(self.kernels.layer_norm, x.shape, x, weight, bias, np.float32(eps))
@@ -409,8 +415,8 @@ class Ops:
         """Softmax over the last axis, numerically stable."""
         call = self._call(x, "x")
         x = call.arr("x", x)
-        if len(x.shape) < 1 or tuple(x.shape)[-1] < 1:
-            raise ValueError(f"softmax needs a non-empty last axis, got shape {tuple(x.shape)}")
+        if len(x.shape) < 1:
+            raise ValueError("softmax is over the last axis: x must have one, got a 0-d array")
         return call.run(self.kernels.softmax, x.shape, x)
 
     # ------------------------------------------------------------------------------------- pointwise
@@ -464,8 +470,8 @@ class Ops:
 
         timesteps may be ints or floats (any dtype); a list or a scalar is taken as a numpy array.
         """
-        if not hasattr(timesteps, "shape"):
-            timesteps = np.atleast_1d(np.asarray(timesteps))
+        if not hasattr(timesteps, "shape") or isinstance(timesteps, np.ndarray | np.generic):
+            timesteps = np.atleast_1d(timesteps)  # a scalar (also 0-d numpy) is one timestep
         call = self._call(timesteps, "timesteps")
         t = call.arr("timesteps", timesteps, 1, any_number=True)
         dim = _int("dim", dim, 1)

@@ -13,6 +13,8 @@ Matrix products (conv2d, linear) run on the tensor cores. ``precision`` picks ho
   "fp32"   plain float32 FMAs on the CUDA cores: the reference path.
 At minisd's sizes all three take about the same time (latency-bound). Before Ampere (compute capability
 8.0) the tensor-core modes fall back to fp32; before Hopper (9.0) K is never split across a cluster.
+NaN inputs give NaN in every mode, but an infinite input gives NaN, not torch's inf, in "3xtf32": its
+split x = big + (x - big) is inf + NaN there. "fp32" gives torch's inf.
 """
 
 import functools
@@ -143,7 +145,12 @@ def linear(x, weight, bias, residual=None, *, out, precision=None):
     the output) is added in the epilogue: a transformer's skip connection without another pass. ``out``
     may be ``residual`` itself: each element is read, then written, by the same thread."""
     n, k = weight.shape
-    m = x.size // k if k else 0
+    if k == 0:  # an empty dot product: the bias (and residual) alone, as in torch
+        out[...] = 0.0 if bias is None else bias
+        if residual is not None:
+            out += residual
+        return out
+    m = x.size // k
     if m == 0 or n == 0:
         return out
     mode = _precision(precision)
@@ -338,7 +345,19 @@ def scheduler_step(sample, eps, noise, coef, clip, *, out):
         np.float32(getattr(coef, k))
         for k in ("sqrt_beta", "inv_sqrt_alpha", "c_x0", "c_eps", "c_sample", "c_noise")
     ]
-    args = (sample, eps, _ptr(noise), out, np.int64(sample.size), f[0], f[1], np.float32(clip or 0.0), *f[2:])
+    terms = _i32(*coef.terms)  # DDPM has no eps term, DDIM no sample term
+    args = (
+        sample,
+        eps,
+        _ptr(noise),
+        out,
+        np.int64(sample.size),
+        f[0],
+        f[1],
+        np.float32(clip or 0.0),
+        *f[2:],
+        *terms,
+    )
     _launch_1d(_kernel(("elementwise.cu",), "scheduler_step_kernel"), sample.size, args)
     return out
 

@@ -63,8 +63,10 @@ def gelu(x, *, out):
     """Exact GELU = x * Phi(x) = x/2 * erfc(-x/sqrt(2)).
 
     erfc keeps its relative accuracy in the left tail. Written with in-place float32 passes: the GEGLU
-    hidden layer is the largest activation of the UNet, so temporaries here cost real time.
+    hidden layer is the largest activation of the UNet, so temporaries here cost real time. (atleast_1d:
+    numpy makes a 0-d result a scalar, which the in-place passes could not write into.)
     """
+    x, y = np.atleast_1d(x, out)
     z = np.abs(x) * np.float32(1 / math.sqrt(2.0))
     t = np.float32(0.5) * z
     t += 1.0
@@ -80,7 +82,8 @@ def gelu(x, *, out):
     # erfc(-x/sqrt 2) = 2 - erfc(|x|/sqrt 2) for x > 0, erfc(|x|/sqrt 2) for x <= 0
     np.subtract(2.0, poly, out=poly, where=x > 0)
     poly *= np.float32(0.5)
-    return np.multiply(poly, x, out=out)
+    np.multiply(poly, x, out=y)
+    return out
 
 
 def geglu(x, *, out):
@@ -123,7 +126,7 @@ def layer_norm(x, weight, bias, eps, *, out):
 
 def linear(x, weight, bias, residual, *, out):
     flat = out.reshape(-1, weight.shape[0])
-    np.matmul(x.reshape(-1, x.shape[-1]), weight.T, out=flat)
+    np.matmul(x.reshape(flat.shape[0], x.shape[-1]), weight.T, out=flat)  # not -1: in_features may be 0
     if bias is not None:
         flat += bias
     if residual is not None:
@@ -133,6 +136,8 @@ def linear(x, weight, bias, residual, *, out):
 
 def _softmax_(x):
     """Softmax over the last axis, in place (attention's scores are a temporary anyway)."""
+    if not x.shape[-1]:  # no keys: nothing to normalize, and attention's sum over them is zeros, as torch's
+        return x
     x -= x.max(axis=-1, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=-1, keepdims=True)
@@ -215,19 +220,25 @@ def timestep_embedding(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, *,
 def scheduler_step(sample, eps, noise, coef, clip, *, out):
     """prev = c_x0 * clip(x0) + c_eps * eps + c_sample * sample + c_noise * noise, x0 from eps.
 
-    ``coef`` is a minisd.schedulers.StepCoefficients: one formula covers DDIM and DDPM steps.
+    ``coef`` is a minisd.schedulers.StepCoefficients: one formula covers DDIM and DDPM steps (each without
+    the term it does not have, ``coef.terms``). atleast_1d: numpy makes 0-d results scalars, and a scalar
+    cannot be clipped in place.
     """
     f = {
         k: np.float32(getattr(coef, k)) for k in ("sqrt_beta", "inv_sqrt_alpha", "c_x0", "c_eps", "c_sample")
     }
+    sample, eps, y = np.atleast_1d(sample, eps, out)
     x0 = (sample - f["sqrt_beta"] * eps) * f["inv_sqrt_alpha"]
     if clip is not None:
         np.clip(x0, -np.float32(clip), np.float32(clip), out=x0)
-    np.multiply(x0, f["c_x0"], out=out)
-    out += f["c_eps"] * eps
-    out += f["c_sample"] * sample
+    np.multiply(x0, f["c_x0"], out=y)
+    with_eps, with_sample = coef.terms
+    if with_eps:
+        y += f["c_eps"] * eps
+    if with_sample:
+        y += f["c_sample"] * sample
     if noise is not None:
-        out += np.float32(coef.c_noise) * noise
+        y += np.float32(coef.c_noise) * noise
     return out
 
 

@@ -13,10 +13,14 @@
 // Layout: element strides are arguments (batch, head, row; the head dim is contiguous; v has k's), so
 // one kernel reads both (B, H, L, D) and (B, L, H*D) tensors: no transposes around it.
 // Scores use exp2: q is pre-multiplied by scale * log2(e), and exp2(s*log2e - m) == exp(s - m').
+// Special values as torch: a NaN score poisons its row (max_nan: fmaxf would drop it), a row of -inf scores
+// is 0/0 = NaN, and no keys at all (Lk = 0) is an empty weighted sum: zeros.
 
 #define NEG_INF __int_as_float(0xff800000)  // -inf (NVRTC has no math.h, so no INFINITY)
 #define ATT_THREADS 128
 #define KT 64
+
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 // DP: head_dim rounded up to 32 or 64 (registers need a compile-time size); lanes d >= D hold zeros.
 template <int DP, int SPLIT>
@@ -35,6 +39,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int tid = threadIdx.x, part = tid % SPLIT;
     const int b = blockIdx.z, h = blockIdx.y, row = blockIdx.x * QT + tid / SPLIT;
     const bool active = row < Lq;  // inactive threads still compute (on zeros): they take part in shuffles
+    float* op = out + b * so_b + h * so_h + row * so_l;
+    if (Lk == 0) {  // no keys: zeros, as torch (the merge below would compute 0/0); the whole block leaves
+        if (active)
+            for (int d = part; d < D; d += SPLIT) op[d] = 0.0f;
+        return;
+    }
 
     float qr[DP], acc[DP];
     const float* qp = q + b * sq_b + h * sq_h + row * sq_l;
@@ -67,10 +77,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int d = 0; d < DP; ++d) dot = fmaf(qr[d], ks[j][d], dot);
             s[i] = j < valid ? dot : NEG_INF;
-            tile_max = fmaxf(tile_max, s[i]);
+            tile_max = max_nan(tile_max, s[i]);
         }
-        if (tile_max > NEG_INF) {  // this thread has at least one real key here
-            const float m_new = fmaxf(m, tile_max);
+        if (tile_max != NEG_INF) {  // this thread has a real key here (or a NaN, which must spread)
+            const float m_new = max_nan(m, tile_max);
             const float corr = exp2f(m - m_new);  // 0 on the first tile (m = -inf)
             l *= corr;
 #pragma unroll
@@ -91,13 +101,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
     // Merge the SPLIT partial softmaxes of this query: common max, rescale, sum.
     float mq = m;
 #pragma unroll
-    for (int off = SPLIT / 2; off > 0; off /= 2) mq = fmaxf(mq, __shfl_xor_sync(0xffffffffu, mq, off));
-    const float w = exp2f(m - mq);  // key 0 always lands on part 0, so mq is finite
+    for (int off = SPLIT / 2; off > 0; off /= 2) mq = max_nan(mq, __shfl_xor_sync(0xffffffffu, mq, off));
+    const float w = exp2f(m - mq);  // mq is finite unless a score is NaN or inf: then the row is NaN, as torch
     l *= w;
 #pragma unroll
     for (int off = SPLIT / 2; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
     const float inv_l = 1.0f / l;
-    float* op = out + b * so_b + h * so_h + row * so_l;
 #pragma unroll
     for (int d = 0; d < DP; ++d) {
         float a = acc[d] * w;

@@ -116,17 +116,21 @@ extern "C" __global__ void timestep_embedding_kernel(const float* __restrict__ t
 // One scheduler step (DDIM or DDPM, the host works out the coefficients):
 //   x0 = (sample - sqrt_beta * eps) * inv_sqrt_alpha, clipped to [-clip, clip] when clip > 0
 //   out = c_x0 * x0 + c_eps * eps + c_sample * sample + c_noise * noise
+// without the eps term (DDPM) or the sample term (DDIM) the formula does not have: 0 * inf would be NaN.
 extern "C" __global__ void scheduler_step_kernel(const float* __restrict__ sample, const float* __restrict__ eps,
                                                  const float* __restrict__ noise, float* __restrict__ out,
                                                  long long n, float sqrt_beta, float inv_sqrt_alpha, float clip,
-                                                 float c_x0, float c_eps, float c_sample, float c_noise)
+                                                 float c_x0, float c_eps, float c_sample, float c_noise,
+                                                 int with_eps, int with_sample)
 {
     GRID_STRIDE(i, n)
     {
         const float s = sample[i], e = eps[i];
         float x0 = (s - sqrt_beta * e) * inv_sqrt_alpha;
-        if (clip > 0.0f) x0 = fminf(fmaxf(x0, -clip), clip);
-        float v = c_x0 * x0 + c_eps * e + c_sample * s;
+        if (clip > 0.0f) x0 = x0 < -clip ? -clip : (x0 > clip ? clip : x0);  // NaN stays NaN (fminf drops it)
+        float v = c_x0 * x0;
+        if (with_eps) v += c_eps * e;
+        if (with_sample) v += c_sample * s;
         if (noise) v += c_noise * noise[i];
         out[i] = v;
     }

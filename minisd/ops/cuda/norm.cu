@@ -15,10 +15,13 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
+// max that keeps a NaN, as torch's does: fmaxf(NaN, x) is x, so a softmax would quietly skip the NaN.
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
 __device__ __forceinline__ float warp_max(float v)
 {
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    for (int off = 16; off > 0; off /= 2) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, off));
     return v;
 }
 
@@ -93,13 +96,15 @@ extern "C" __global__ void layer_norm_kernel(const float* __restrict__ x, const 
 }
 
 // Numerically stable softmax over the last axis: subtract the row max so exp never overflows.
+// Special values as torch: a NaN makes its row NaN (max_nan), a +inf gives inf - inf = NaN, a row of -inf
+// gives 0/0 = NaN.
 extern "C" __global__ void softmax_kernel(const float* __restrict__ x, float* __restrict__ out, int rows, int n)
 {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long long)row * n;
     float mx = NEG_INF;
-    for (int i = lane; i < n; i += 32) mx = fmaxf(mx, xr[i]);
+    for (int i = lane; i < n; i += 32) mx = max_nan(mx, xr[i]);
     mx = warp_max(mx);
     float s = 0.0f;
     for (int i = lane; i < n; i += 32) s += __expf(xr[i] - mx);

@@ -8,6 +8,7 @@ launch, and return ``out``.
 """
 
 import importlib
+import math
 
 from minisd.ops.numba.common import get_stream, set_stream  # noqa: F401  (re-exported)
 
@@ -28,8 +29,8 @@ def best(op):
 
 
 def _rows(a):
-    n = tuple(a.shape)[-1]
-    return a.reshape(a.size // n, n)
+    *outer, n = tuple(a.shape)
+    return a.reshape(math.prod(outer), n)  # not a.size // n: n may be 0
 
 
 def _flat(a):

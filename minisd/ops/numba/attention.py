@@ -11,18 +11,20 @@ v3  flash-style: a block of TQ query rows (one per thread) of one (batch, head) 
     keys staged in shared memory, so a K/V element is read from global memory once per block instead of
     once per query; the online-softmax rescale happens once per tile.
 v2/v3 are compiled per head dimension D (local arrays need a constant size); D > DMAX uses v1.
+
+Special values as in torch: a NaN score poisons its row (``max_nan``, not max), a row of -inf scores is
+0/0 = NaN, and no keys at all (Lk = 0) is an empty weighted sum: zeros.
 """
 
 import math
 
 from minisd.kernel_backend import cuda, float32
 from minisd.ops.numba import softmax
-from minisd.ops.numba.common import cdiv, empty, get_stream, launch1d
+from minisd.ops.numba.common import NEG_INF, cdiv, empty, get_stream, launch1d, max_nan
 
 TQ = 64  # queries per block in v3
 TK = 32  # keys per shared-memory tile in v3
 DMAX = 128
-NEG_INF = float32(-math.inf)
 
 
 @cuda.jit
@@ -93,17 +95,18 @@ def _make_v2(D):
             sc = float32(0.0)
             for d in range(D):
                 sc += qr[d] * k[b, j, h * D + d]
-            if sc > m:  # new max: rescale what was accumulated against the old one
+            if sc > m or sc != sc:  # new max (a NaN poisons the row): rescale what was accumulated
                 corr = math.exp(m - sc)
                 s *= corr
                 for d in range(D):
                     acc[d] *= corr
                 m = sc
-            p = math.exp(sc - m)
-            s += p
-            for d in range(D):
-                acc[d] += p * v[b, j, h * D + d]
-        inv = float32(1.0) / s
+            if m != NEG_INF:  # leading -inf scores weigh 0 (exp(-inf - -inf) would be NaN)
+                p = math.exp(sc - m)
+                s += p
+                for d in range(D):
+                    acc[d] += p * v[b, j, h * D + d]
+        inv = float32(1.0) / s if lk > 0 else float32(0.0)  # no keys: zeros, as torch (not 0/0)
         for d in range(D):
             out[b, i, h * D + d] = acc[d] * inv
 
@@ -158,20 +161,21 @@ def _make_v3(D):
                     for d in range(D):
                         a += qr[d] * ks[jj, d]
                     sc[jj] = a
-                    tile_max = max(tile_max, a)
-                corr = math.exp(m - tile_max)  # one rescale per tile
-                s *= corr
-                for d in range(D):
-                    acc[d] *= corr
-                m = tile_max
-                for jj in range(nk):
-                    p = math.exp(sc[jj] - m)
-                    s += p
+                    tile_max = max_nan(tile_max, a)
+                if tile_max != NEG_INF:  # all -inf so far weigh 0 (exp(-inf - -inf) would be NaN)
+                    corr = math.exp(m - tile_max)  # one rescale per tile
+                    s *= corr
                     for d in range(D):
-                        acc[d] += p * vs[jj, d]
+                        acc[d] *= corr
+                    m = tile_max
+                    for jj in range(nk):
+                        p = math.exp(sc[jj] - m)
+                        s += p
+                        for d in range(D):
+                            acc[d] += p * vs[jj, d]
             cuda.syncthreads()  # before the next tile overwrites ks/vs
         if active:
-            inv = float32(1.0) / s
+            inv = float32(1.0) / s if lk > 0 else float32(0.0)  # no keys: zeros, as torch (not 0/0)
             for d in range(D):
                 out[b, i, h * D + d] = acc[d] * inv
 

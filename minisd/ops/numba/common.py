@@ -4,10 +4,12 @@
 is what switches the simulator on when there is no GPU.)
 """
 
+import math
+
 import numpy as np
 
 import minisd.simulator
-from minisd.kernel_backend import cuda
+from minisd.kernel_backend import cuda, float32
 
 minisd.simulator.make_strict()  # the simulator refuses what a GPU refuses (strided host arrays, None)
 
@@ -38,6 +40,16 @@ def set_stream(stream):
 
 def get_stream():
     return _stream
+
+
+NEG_INF = float32(-math.inf)
+
+
+@cuda.jit(device=True)
+def max_nan(a, b):
+    """max(a, b) that returns NaN if either is NaN, as torch's max does. CUDA's fmaxf (and Python's max,
+    depending on the order) drop a NaN: a softmax would then quietly ignore the NaN of its row."""
+    return a if a > b or a != a else b
 
 
 def cdiv(n, d):

@@ -214,6 +214,8 @@ def _scheduler_step(
     c_eps,
     c_sample,
     c_noise,
+    with_eps,
+    with_sample,
     out,
 ):
     i = cuda.grid(1)
@@ -222,8 +224,12 @@ def _scheduler_step(
         e = eps[i]
         x0 = (x - sqrt_beta * e) * inv_sqrt_alpha
         if has_clip:
-            x0 = min(max(x0, -clip), clip)
-        y = c_x0 * x0 + c_eps * e + c_sample * x
+            x0 = -clip if x0 < -clip else (clip if x0 > clip else x0)  # NaN stays NaN, as in torch.clamp
+        y = c_x0 * x0
+        if with_eps:  # DDPM has no eps term, DDIM no sample term (coef.terms): not 0 * inf = NaN
+            y += c_eps * e
+        if with_sample:
+            y += c_sample * x
         if has_noise:
             y += c_noise * noise[i]
         out[i] = y
@@ -233,7 +239,7 @@ def scheduler_step_v1(sample, eps, noise, coef, clip, out):
     has_noise, noise = optional(noise)
     has_clip = clip is not None  # an optional scalar: a flag plus a float, for the same reason
     f = [float32(coef.sqrt_beta), float32(coef.inv_sqrt_alpha), has_clip, float32(clip if has_clip else 0.0)]
-    f += [float32(c) for c in (coef.c_x0, coef.c_eps, coef.c_sample, coef.c_noise)]
+    f += [float32(c) for c in (coef.c_x0, coef.c_eps, coef.c_sample, coef.c_noise)] + list(coef.terms)
     launch1d(_scheduler_step, sample.size, sample, eps, has_noise, noise, *f, out)
 
 

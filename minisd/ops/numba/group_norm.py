@@ -26,8 +26,12 @@ def _finish(v, mean, rstd, c, has_weight, weight, has_bias, bias, silu):
         y = y * weight[c]
     if has_bias:
         y = y + bias[c]
-    if silu:
-        y = y / (float32(1.0) + math.exp(-y))
+    if silu:  # exp of a number <= 0 only: exp(1000) is inf on a GPU, an OverflowError in the simulator
+        if y >= float32(0.0):
+            y = y / (float32(1.0) + math.exp(-y))
+        else:
+            e = math.exp(y)
+            y = y * e / (float32(1.0) + e)
     return y
 
 

@@ -6,16 +6,18 @@ v2  a 32-thread team per row (ROWS rows per block), two shared-memory tree reduc
 v3  online softmax: each lane keeps a running (max, sum) in ONE pass, rescaling the sum whenever the max
     grows; teams merge pairs as m = max(m1, m2), s = s1*exp(m1-m) + s2*exp(m2-m); then write. x is read
     twice. (The same trick makes flash attention possible: see attention.py.)
+
+NaN and infinities come out as in torch: the max is ``max_nan`` (a NaN anywhere makes the row NaN, where
+a plain max would skip it), a +inf gives inf - inf = NaN, a row of -inf gives 0/0 = NaN.
 """
 
 import math
 
 from minisd.kernel_backend import cuda, float32
-from minisd.ops.numba.common import cdiv, get_stream, launch1d
+from minisd.ops.numba.common import NEG_INF, cdiv, get_stream, launch1d, max_nan
 
 LANES = 32
 ROWS = 4
-NEG_INF = float32(-math.inf)
 
 
 @cuda.jit
@@ -26,7 +28,7 @@ def _softmax_v1(x, out):
         return
     mx = NEG_INF
     for j in range(l_):
-        mx = max(mx, x[r, j])
+        mx = max_nan(mx, x[r, j])
     s = float32(0.0)
     for j in range(l_):
         s += math.exp(x[r, j] - mx)
@@ -48,13 +50,13 @@ def _softmax_v2(x, out):
     mx = NEG_INF
     if r < m_:
         for j in range(lane, l_, LANES):
-            mx = max(mx, x[r, j])
+            mx = max_nan(mx, x[r, j])
     buf[row, lane] = mx
     cuda.syncthreads()
     step = LANES // 2
     while step > 0:
         if lane < step:
-            buf[row, lane] = max(buf[row, lane], buf[row, lane + step])
+            buf[row, lane] = max_nan(buf[row, lane], buf[row, lane + step])
         cuda.syncthreads()
         step //= 2
     mx = buf[row, 0]
@@ -93,10 +95,10 @@ def _softmax_v3(x, out):
     if r < m_:
         for j in range(lane, l_, LANES):
             v = x[r, j]
-            if v > mx:
+            if v > mx or v != v:  # a NaN becomes the max: it poisons the row, as in torch
                 s = s * math.exp(mx - v)  # rescale the old sum to the new max (exp(-inf) = 0)
                 mx = v
-            if mx > NEG_INF:  # a leading -inf adds exp(-inf) = 0, not exp(-inf - -inf) = NaN
+            if mx != NEG_INF:  # a leading -inf adds exp(-inf) = 0, not exp(-inf - -inf) = NaN
                 s += math.exp(v - mx)
     mbuf[row, lane] = mx
     sbuf[row, lane] = s
@@ -106,8 +108,8 @@ def _softmax_v3(x, out):
         if lane < step:
             m1 = mbuf[row, lane]
             m2 = mbuf[row, lane + step]
-            m = max(m1, m2)
-            if m > NEG_INF:  # both empty: nothing to merge (and exp(-inf - -inf) would be NaN)
+            m = max_nan(m1, m2)
+            if m != NEG_INF:  # both empty: nothing to merge (and exp(-inf - -inf) would be NaN)
                 sbuf[row, lane] = sbuf[row, lane] * math.exp(m1 - m) + sbuf[row, lane + step] * math.exp(
                     m2 - m
                 )
