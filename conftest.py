@@ -29,7 +29,9 @@ def pytest_addoption(parser):
         "--hint", type=int, default=1, choices=(1, 2, 3), help="hints on the score card: 1 the idea (default), "
         "2 what to write, 3 the answer",
     )  # fmt: skip
-    group.addoption("--seed", type=int, help="seed of the test data (a failed run prints the one it used)")
+    group.addoption(
+        "--seed", type=int, help="seed of the test data, graded or not (a failed run prints the one it used)"
+    )
     group.addoption(
         "--grades-json", metavar="FILE", help="also write the grades as Gradescope's results.json"
     )

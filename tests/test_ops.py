@@ -36,11 +36,6 @@ def _simulator_ok_and_poisoned(monkeypatch):
     monkeypatch.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
 
 
-@pytest.fixture
-def gen():
-    return np.random.default_rng()  # fresh inputs every run
-
-
 def r(gen, *shape):
     return gen.standard_normal(shape).astype(np.float32)
 

@@ -32,12 +32,6 @@ if mode.has_cupy():
 PRECISION_TOL = {"fp32": 2e-6, "3xtf32": 2e-5, "tf32": 3e-3}
 
 
-@pytest.fixture
-def gen():
-    """A fresh generator per test, seeded differently each run: any valid input must work."""
-    return np.random.default_rng()
-
-
 def rand(gen, *shape, scale=1.0, shift=0.0):
     return cp.asarray((gen.standard_normal(shape) * scale + shift).astype(np.float32))
 
