@@ -41,7 +41,7 @@ sanitize() {  # tool, name, command...: keep the verdict lines and each checked 
   timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
     --print-limit 50 "$@" > "$log.full" 2>&1
   echo "exit: $?" >> "$log.full"
-  grep -E "=========|^[a-z_0-9]+ +v[0-9]|passed|failed|^(FAILED|ERROR) |exit:" "$log.full" | head -150 > "$log.txt"
+  grep -E "=========|^[a-z_0-9]+ +v[0-9]|passed|failed|^(FAILED|ERROR) |^test data: --seed|exit:" "$log.full" | head -150 > "$log.txt"
   rm "$log.full"; echo "sanitizer $name $tool: $(grep -E 'SUMMARY' "$log.txt") $(tail -1 "$log.txt")"
 }
 
