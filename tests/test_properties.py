@@ -1,5 +1,5 @@
 """Property-based tests (Hypothesis): every public op of minisd.ops.Ops, on every backend, against torch;
-and ``python -m minisd sample``'s checks with random arguments.
+and the checks of every ``python -m minisd`` command with random arguments.
 
 An op example draws a small ragged shape (size 1 and, where the op allows it, empty axes), a layout for
 each numpy input (contiguous, strided or Fortran order: Ops makes them contiguous) and, half the time,
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import minisd.mode as mode
@@ -450,33 +450,100 @@ def test_to_device_and_back_is_exact(backend, data):
     assert back.shape == a.shape and np.array_equal(back, a, equal_nan=True)
 
 
-# --- python -m minisd sample: random arguments --------------------------------------------------------
+# --- python -m minisd COMMAND: random arguments ------------------------------------------------------
 
 P = "a red star on a green background"
 WORDS = ["a", "red", "star", "on", "green", "background", "blue", "circle", "purple", "", "An", "."]
 INTS = st.one_of(st.integers(-3, 40), st.sampled_from([1024, 1025, 10**12, -(10**12)]))
-OPTIONS = {  # valid values, edge values and garbage, as a user might type them; TMP: a folder of the test
-    "--prompt": st.one_of(
-        st.just(P), st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join), st.text(max_size=12)
+NUMBERS = st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf", "0.5"]))
+GUIDANCE = st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf"]))
+WEIGHTS = st.sampled_from(["", "TMP/none.safetensors", "TMP/notes.txt", "TMP"])
+FOLDERS = st.sampled_from(["TMP/new", "TMP/missing/deeper", "TMP/notes.txt", "TMP", ""])
+# Per command: its options, with valid values, edge values and garbage as a user might type them (TMP: a
+# folder of the test holding notes.txt), and where its work starts: that function is replaced by one that
+# raises ReachedWork, so reaching it means every check before the work passed.
+COMMANDS = {
+    "sample": (
+        {
+            "--prompt": st.one_of(
+                st.just(P), st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join), st.text(max_size=12)
+            ),
+            "--num-images": INTS,
+            "--steps": INTS,
+            "--guidance": GUIDANCE,
+            "--seed": INTS,
+            "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
+            "--kernels": st.sampled_from(["minisd", "solutions", "nope"]),
+            "--size": INTS,
+            "--scale": INTS,
+            "--out": st.sampled_from(["TMP/grid.png", "TMP/missing/grid.png", "TMP/grid.jpg", "TMP"]),
+            "--weights": WEIGHTS,
+        },
+        ("minisd.pipeline", "MiniSDPipeline.from_pretrained"),
     ),
-    "--num-images": INTS,
-    "--steps": INTS,
-    "--guidance": st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf"])),
-    "--seed": INTS,
-    "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
-    "--kernels": st.sampled_from(["minisd", "solutions", "nope"]),
-    "--size": INTS,
-    "--scale": INTS,
-    "--out": st.sampled_from(["TMP/grid.png", "TMP/missing/grid.png", "TMP/grid.jpg", "TMP"]),
-    "--weights": st.sampled_from(["", "TMP/none.safetensors"]),
+    "eval": (
+        {
+            "--num-images": INTS,
+            "--steps": INTS,
+            "--guidance": GUIDANCE,
+            "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
+            "--seed": INTS,
+            "--batch-size": INTS,
+            "--weights": WEIGHTS,
+        },
+        ("minisd.evaluate", "run"),
+    ),
+    "train": (
+        {
+            "--out": FOLDERS,
+            "--resume": st.sampled_from(["TMP/notes.txt", "TMP/none.pt", "TMP"]),
+            "--overwrite": st.none(),
+            "--steps": INTS,
+            "--minutes": NUMBERS,
+            "--batch-size": INTS,
+            "--lr": NUMBERS,
+            "--warmup": INTS,
+            "--ema-decay": NUMBERS,
+            "--workers": INTS,
+            "--seed": INTS,
+            "--log-every": INTS,
+            "--val-images": INTS,
+            "--val-guidance": GUIDANCE,
+            "--save-every": NUMBERS,
+            "--device": st.sampled_from(["cpu", "cuda", "tpu", ""]),
+        },
+        ("minisd.train", "MiniSD"),
+    ),
+    "bench": (
+        {
+            "--batches": INTS,
+            "--steps": INTS,
+            "--guidance": GUIDANCE,
+            "--repeats": INTS,
+            "--numpy-steps": INTS,
+            "--only": st.sampled_from(["minisd-numpy", "minisd-cupy-graphs", "torch-eager-fp32", "nope"]),
+            "--weights": WEIGHTS,
+            "--out": st.sampled_from(["TMP/bench.json", "TMP/missing/bench.json"]),
+        },
+        ("minisd.bench", "load_weights"),
+    ),
+    "export": (
+        {"--onnx": FOLDERS, "--diffusers": FOLDERS, "--weights": WEIGHTS},
+        ("minisd.export", "load_model"),
+    ),
 }
-ARGV = st.lists(
-    st.sampled_from(sorted(OPTIONS)).flatmap(lambda o: OPTIONS[o].map(lambda v: [o, str(v)])), max_size=6
-).map(lambda pairs: [x for pair in pairs for x in pair])
+
+
+def _argv(options):
+    """Random options of one command: each a flag and its value (or a bare flag where the value is None)."""
+    pair = st.sampled_from(sorted(options)).flatmap(
+        lambda o: options[o].map(lambda v, o=o: [o] if v is None else [o, str(v)])
+    )
+    return st.lists(pair, max_size=6).map(lambda pairs: [x for p in pairs for x in p])
 
 
 class ReachedWork(Exception):
-    """Raised where sampling would start (loading the weights): every check before the work has passed."""
+    """Raised where a command's work would start: every check before the work has passed."""
 
 
 def _reached_work(*args, **kwargs):
@@ -485,38 +552,80 @@ def _reached_work(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def cli_tmp(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cli"))
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "notes.txt").write_text("not a weights file, a checkpoint or a folder\n")
+    return str(folder)
+
+
+def _refused_in_one_line(argv, exit_, err):
+    """A refusal: a nonzero exit with one line from minisd's checks, or argparse's usage then its error line;
+    never a traceback. (``sys.exit("error: ...")`` carries its line in the exit itself.)"""
+    if isinstance(exit_.code, str):
+        code, err = 1, exit_.code + "\n" + err
+    else:
+        code = exit_.code
+    lines = err.strip().splitlines()
+    assert code not in (0, None) and lines and "Traceback" not in err, f"{argv}: exit {code}, {err}"
+    if lines[0].startswith("usage: "):
+        assert ": error: " in lines[-1], f"{argv}: {err}"
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{argv}: {err}"
+
+
+def _cli_case(command, cli_tmp, argv, capsys):
+    import importlib
+
+    from minisd.__main__ import main
+
+    options, (module, work) = COMMANDS[command]
+    owner = importlib.import_module(module)
+    *path, name = work.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    argv = [a.replace("TMP", cli_tmp) for a in argv]
+    if command == "sample":
+        argv = ["--backend", "numpy", *argv]  # sample's default backend needs no GPU either way
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(owner, name, _reached_work)
+        mp.delenv("MINISD_BACKEND", raising=False)
+        try:
+            main([command, *argv])
+        except ReachedWork:
+            return "every check passed"
+        except SystemExit as exit_:
+            _refused_in_one_line(argv, exit_, capsys.readouterr().err)
+            return "refused"
+    pytest.fail(f"{command} {argv}: main returned without refusing or reaching the work")
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # capsys: read on every example
-@given(argv=ARGV)
-@example(argv=[])  # the defaults
-@example(argv=["--guidance", "nan", "--steps", "0"])
-def test_cli_refuses_in_one_line_or_reaches_the_work(cli_tmp, argv, capsys):
-    """``sample`` with random options, in this process: either a clear refusal (a nonzero exit, one line
-    from minisd's checks or argparse's usage + error, no traceback) or every check passes."""
-    import minisd
-    from minisd.__main__ import main
+@given(data=st.data())
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_cli_refuses_in_one_line_or_reaches_the_work(command, cli_tmp, data, capsys):
+    """Every subcommand with random options, in this process: either a clear refusal or every check
+    passes and the work would start."""
+    outcome = _cli_case(command, cli_tmp, data.draw(_argv(COMMANDS[command][0]), label="argv"), capsys)
+    event(f"{command}: {outcome}")  # --hypothesis-show-statistics: both outcomes occur
 
-    argv = [a.replace("TMP", cli_tmp) for a in argv]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(minisd.MiniSDPipeline, "from_pretrained", _reached_work)
-        mp.delenv("MINISD_BACKEND", raising=False)
-        try:
-            main(["sample", "--backend", "numpy", *argv])
-        except ReachedWork:
-            event("every check passed")  # --hypothesis-show-statistics: both outcomes occur
-            return
-        except SystemExit as exit_:
-            err = capsys.readouterr().err
-            lines = err.strip().splitlines()
-            assert exit_.code in (1, 2) and lines and "Traceback" not in err, (
-                f"{argv}: exit {exit_.code}, {err}"
-            )
-            if lines[0].startswith("usage: "):  # argparse: its usage, then one error line
-                assert ": error: " in lines[-1], f"{argv}: {err}"
-            else:
-                assert len(lines) == 1 and lines[0].startswith("error: "), f"{argv}: {err}"
-            event("refused")
-            return
-    pytest.fail(f"{argv}: main returned without refusing or reaching the work")
+
+@pytest.mark.parametrize(
+    "argv, outcome",
+    [
+        (["sample"], "every check passed"),  # the defaults
+        (["sample", "--guidance", "nan", "--steps", "0"], "refused"),
+        (["eval", "--batch-size", "0"], "refused"),
+        (["eval", "--num-images", "8"], "every check passed"),
+        (["train", "--steps", "0"], "refused"),
+        (["train", "--minutes", "5", "--resume", "TMP/notes.txt"], "refused"),
+        (["train", "--steps", "3", "--out", "TMP/new", "--device", "cpu"], "every check passed"),
+        (["bench", "--numpy-steps", "40"], "refused"),
+        (["bench", "--only", "minisd-numpy", "--out", "TMP/bench.json"], "every check passed"),
+        (["export"], "refused"),
+        (["export", "--onnx", "TMP/notes.txt"], "refused"),
+        (["export", "--diffusers", "TMP/new"], "every check passed"),
+    ],
+)
+def test_cli_examples(argv, outcome, cli_tmp, capsys):
+    """Cases replayed every run: some that once gave tracebacks or wrong exits, and one that must pass per
+    command (so a check that refuses everything fails)."""
+    assert _cli_case(argv[0], cli_tmp, argv[1:], capsys) == outcome
