@@ -453,7 +453,7 @@ def validate(model, n, guidance, seed):
     model.eval()
     prompts = random_prompts(n, np.random.default_rng(seed))
     accuracy = score(TorchSampler(model)(prompts, 25, guidance, seed), prompts)
-    return f"validation ({n} images, DDIM 25 steps, guidance {guidance}): " + ", ".join(
+    return f"validation ({checks.plural(n, 'image')}, DDIM 25 steps, guidance {guidance}): " + ", ".join(
         f"{name} {value:.1%}" for name, value in accuracy.items()
     )
 

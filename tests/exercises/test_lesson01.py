@@ -81,7 +81,7 @@ def test_grid_stride_saxpy_any_launch(blocks, threads):
     run = grading.launch(ex.saxpy_grid_stride_kernel, blocks, threads, a, x, y, Out(n))
     ref = a * torch.from_numpy(x).double() + torch.from_numpy(y).double()
     assert_close(
-        run.out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy with {blocks} blocks x {threads} threads"
+        run.out, ref.numpy(), rtol=1e-5, atol=1e-6, what=f"saxpy_grid_stride_kernel[{blocks}, {threads}]"
     )
     share = math.ceil(n / (blocks * threads))  # elements per thread when the grid shares the work evenly
     run.written_once("out").budget(reads={"x": share, "y": share}, writes={"out": share})
@@ -173,8 +173,6 @@ def test_brighten_grid_stride_2d(blocks, threads):
     amount = np.float32(rng.choice([-1, 1]) * rng.uniform(0.1, 0.4))  # a Python float would be float64
     run = grading.launch(ex.brighten_kernel, blocks, threads, img, amount, Out((h, w, 3)))
     ref = torch.clamp(torch.from_numpy(img).double() + float(amount), 0.0, 1.0)
-    assert_close(
-        run.out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten with {blocks} blocks x {threads} threads"
-    )
+    assert_close(run.out, ref.numpy(), rtol=1e-6, atol=1e-6, what=f"brighten_kernel[{blocks}, {threads}]")
     pixels = math.ceil(w / (blocks[0] * threads[0])) * math.ceil(h / (blocks[1] * threads[1]))
     run.written_once("out").budget(reads={"img": 3 * pixels}, writes={"out": 3 * pixels})
