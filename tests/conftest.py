@@ -14,3 +14,17 @@ def gen(request):
     seed = secrets.randbits(32) if seed is None else seed
     print(f"test data: --seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def numba_ops_poisoned():
+    """Let Ops("numba") run in the simulator (MINISD_ALLOW_SIMULATOR=1), and start every output it allocates
+    as NaN, so an element a kernel never writes shows. Module-wide (``pytestmark``): Hypothesis tests
+    cannot take a function-scoped fixture."""
+    from minisd.kernel_backend import cuda
+    from minisd.ops.numba import common
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINISD_ALLOW_SIMULATOR", "1")
+        mp.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
+        yield

@@ -1,6 +1,6 @@
 """minisd.ops: every op on the numpy and numba backends, and every Numba kernel version, against torch float64.
 
-Numba runs in the CUDA simulator here (MINISD_ALLOW_SIMULATOR=1 is set per test), so numba shapes stay
+Numba runs in the CUDA simulator here (MINISD_ALLOW_SIMULATOR=1, tests/conftest.py), so numba shapes stay
 tiny; outputs are poisoned with NaN (kernel checks: the output array; backend checks: every allocation),
 so an element a kernel forgets to write fails. Tests marked ``gpu`` need a real GPU (CuPy/torch CUDA
 arrays, streams, CUDA graphs) and are skipped elsewhere.
@@ -24,16 +24,7 @@ def gpu(test):
 
 
 BACKENDS = ["numpy", "numba"] + (["cupy"] if mode.has_cupy() else [])  # cupy: through the same dispatcher
-
-
-@pytest.fixture(autouse=True)
-def _simulator_ok_and_poisoned(monkeypatch):
-    """Allow the numba backend in the simulator, and poison every output the numba backend allocates."""
-    monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
-    from minisd.kernel_backend import cuda
-    from minisd.ops.numba import common
-
-    monkeypatch.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
+pytestmark = pytest.mark.usefixtures("numba_ops_poisoned")
 
 
 def r(gen, *shape):

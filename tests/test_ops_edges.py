@@ -16,17 +16,10 @@ from minisd.ops import Ops
 
 BACKENDS = ["numpy", "numba"] + (["cupy"] if mode.has_cupy() else [])
 NAN, INF = np.nan, np.inf
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN arithmetic is the point
-
-
-@pytest.fixture(autouse=True)
-def _simulator_ok_and_poisoned(monkeypatch):
-    """Allow the numba backend in the simulator; every output it allocates starts as NaN."""
-    monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
-    from minisd.kernel_backend import cuda
-    from minisd.ops.numba import common
-
-    monkeypatch.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # NaN arithmetic is the point
+    pytest.mark.usefixtures("numba_ops_poisoned"),
+]
 
 
 def f32(a):

@@ -33,19 +33,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 BACKENDS = ["numpy", "numba"] + (["cupy"] if mode.has_cupy() else [])
 SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e-40, -1e-30, 3e15, -3e15]  # huge: its square still fits
 NOT_FLOAT32 = [np.float64, np.float16, np.int32, np.int64, np.bool_]
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN and inf arithmetic is the point
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _simulator_ok_and_poisoned():
-    """Allow the numba backend in the simulator; every output it allocates starts as NaN."""
-    from minisd.kernel_backend import cuda
-    from minisd.ops.numba import common
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINISD_ALLOW_SIMULATOR", "1")
-        mp.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
-        yield
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # NaN and inf arithmetic is the point
+    pytest.mark.usefixtures("numba_ops_poisoned"),
+]
 
 
 # --- drawing inputs ----------------------------------------------------------------------------------
