@@ -12,6 +12,7 @@ HYPOTHESIS_PROFILE=name overrides. No deadline in either: machines vary many-fol
 simulator here (about 0.1 ms per thread), so its shapes are tinier; cupy joins on a GPU.
 """
 
+import importlib
 import math
 import os
 
@@ -446,8 +447,7 @@ def test_to_device_and_back_is_exact(backend, data):
 P = "a red star on a green background"
 WORDS = ["a", "red", "star", "on", "green", "background", "blue", "circle", "purple", "", "An", "."]
 INTS = st.one_of(st.integers(-3, 40), st.sampled_from([1024, 1025, 10**12, -(10**12)]))
-NUMBERS = st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf", "0.5"]))
-GUIDANCE = st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf"]))
+NUMBERS = st.one_of(INTS, st.floats(), st.sampled_from(["x", "", "1e39", "nan", "-inf", "0.5"]))  # as typed
 WEIGHTS = st.sampled_from(["", "TMP/none.safetensors", "TMP/notes.txt", "TMP"])
 FOLDERS = st.sampled_from(["TMP/new", "TMP/missing/deeper", "TMP/notes.txt", "TMP", ""])
 # Per command: its options, with valid values, edge values and garbage as a user might type them (TMP: a
@@ -461,7 +461,7 @@ COMMANDS = {
             ),
             "--num-images": INTS,
             "--steps": INTS,
-            "--guidance": GUIDANCE,
+            "--guidance": NUMBERS,
             "--seed": INTS,
             "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
             "--kernels": st.sampled_from(["minisd", "solutions", "nope"]),
@@ -476,7 +476,7 @@ COMMANDS = {
         {
             "--num-images": INTS,
             "--steps": INTS,
-            "--guidance": GUIDANCE,
+            "--guidance": NUMBERS,
             "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
             "--seed": INTS,
             "--batch-size": INTS,
@@ -499,7 +499,7 @@ COMMANDS = {
             "--seed": INTS,
             "--log-every": INTS,
             "--val-images": INTS,
-            "--val-guidance": GUIDANCE,
+            "--val-guidance": NUMBERS,
             "--save-every": NUMBERS,
             "--device": st.sampled_from(["cpu", "cuda", "tpu", ""]),
         },
@@ -509,7 +509,7 @@ COMMANDS = {
         {
             "--batches": INTS,
             "--steps": INTS,
-            "--guidance": GUIDANCE,
+            "--guidance": NUMBERS,
             "--repeats": INTS,
             "--numpy-steps": INTS,
             "--only": st.sampled_from(["minisd-numpy", "minisd-cupy-graphs", "torch-eager-fp32", "nope"]),
@@ -564,8 +564,6 @@ def _refused_in_one_line(argv, exit_, err):
 
 
 def _cli_case(command, cli_tmp, argv, capsys):
-    import importlib
-
     from minisd.__main__ import main
 
     options, (module, work) = COMMANDS[command]
