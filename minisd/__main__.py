@@ -18,7 +18,7 @@ MAX_SCALE = 32  # a 32x32 image becomes 1024x1024 pixels
 def sample_parser(sub):
     from minisd.lesson_kernels import KERNEL_SOURCES
     from minisd.mode import BACKENDS
-    from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS
+    from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_PROMPT, DEFAULT_STEPS, PRECISIONS
     from minisd.text import GRAMMAR
 
     p = sub.add_parser(
@@ -45,6 +45,12 @@ def sample_parser(sub):
         help="whose kernels run the ops: minisd's, or lesson 11's (solutions/ or exercises/lesson11.py, "
         "each op probed first; numpy arrays in and out)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=f"the UNet's arithmetic on CuPy: fp32, or fp16/bf16 tensor cores (default {DEFAULT_PRECISION} on "
+        "CuPy, fp32 elsewhere)",
+    )
     p.add_argument("--size", type=int, help="image side in pixels, a multiple of 4 (default: the model's 32)")
     p.add_argument(
         "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
@@ -61,7 +67,7 @@ def check_sample_args(args):
     import minisd.mode as mode
     from minisd import checks
     from minisd.grid import MAX_PIXELS, grid_size
-    from minisd.pipeline import DEFAULT_PROMPT
+    from minisd.pipeline import DEFAULT_PROMPT, check_precision
     from minisd.text import check_prompt
 
     try:
@@ -101,6 +107,10 @@ def check_sample_args(args):
             EXIT_USAGE,
         )
     args.backend = checks.backend(args.backend)
+    try:
+        args.precision = check_precision(args.precision, args.backend, args.kernels)
+    except ValueError as err:
+        raise CliError(f"--precision: {err}", EXIT_USAGE) from None
     checks.out_file(args.out, ".png")
     checks.steps(args.steps, checks.weights_config(args.weights))
 
@@ -125,7 +135,9 @@ def run_sample(args):
     print(f"sampling {plural(len(prompts), 'image')}, {plural(args.steps, 'step')}, {where}")
     start = time.perf_counter()
     try:
-        pipe = minisd.MiniSDPipeline.from_pretrained(args.weights, backend=args.backend, kernels=args.kernels)
+        pipe = minisd.MiniSDPipeline.from_pretrained(
+            args.weights, backend=args.backend, kernels=args.kernels, precision=args.precision
+        )
     except (WeightsError, LessonKernelsError) as err:
         raise CliError(str(err)) from None
     loaded = time.perf_counter()

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import minisd.mode as mode
 from minisd import files
-from minisd.pipeline import DEFAULT_GUIDANCE, MiniSDPipeline, check_guidance
+from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PRECISION, MiniSDPipeline, check_guidance
 
 PROMPTS = ["a red circle on a blue background", "a yellow star on a black background"]
-OURS = "minisd-cupy-graphs"
+OURS = f"minisd-cupy-graphs-{DEFAULT_PRECISION}"  # what `minisd sample` runs on a GPU
 BEST_TORCH = "torch-compile-bf16"  # the fastest thing a user could pick instead (measured on an H200)
 TARGETS = {  # (ratio, at most or at least) for minisd on CuPy graphs
     "batch1_vs_eager": (0.8, "at most"),  # time at batch 1 against PyTorch eager fp32
@@ -117,9 +117,9 @@ def median_time(run, repeats, sync=lambda: None):
 # ------------------------------------------------------------------------------------------ contenders
 
 
-def minisd_case(state, config, backend, graphs=True):
+def minisd_case(state, config, backend, graphs=True, precision=None):
     """A run(batch, steps) for minisd on ``backend``; the first call per batch warms up (and captures)."""
-    pipe = MiniSDPipeline(state, config, backend=backend, log=lambda *a: None)
+    pipe = MiniSDPipeline(state, config, backend=backend, log=lambda *a: None, precision=precision)
     if not graphs:
         pipe.graphs = None  # the eager loop: every kernel launched from Python
 
@@ -161,11 +161,18 @@ def torch_case(state, config, compile_mode=None, precision="fp32"):
 
 # name -> (description with precision, what it needs, maker of (run, warmups)), most important first
 CONTENDERS = {
-    OURS: (
-        "minisd, CuPy kernels, CUDA graphs (fp32 via 3xTF32)",
-        "cupy",
-        lambda s, c: minisd_case(s, c, "cupy"),
-    ),
+    **{
+        f"minisd-cupy-graphs-{precision}": (
+            f"minisd, CuPy kernels, CUDA graphs ({text})",
+            "cupy",
+            lambda s, c, p=precision: minisd_case(s, c, "cupy", precision=p),
+        )
+        for precision, text in (
+            ("bf16", "bf16 tensor cores, fp32 accumulation"),
+            ("fp16", "fp16 tensor cores, fp32 accumulation"),
+            ("fp32", "fp32 via 3xTF32"),
+        )
+    },
     **{
         f"torch-{kind}-{precision}": (
             f"PyTorch {label} ({text})",
@@ -188,7 +195,7 @@ CONTENDERS = {
     "minisd-cupy-eager": (
         "minisd, CuPy kernels, eager (fp32 via 3xTF32)",
         "cupy",
-        lambda s, c: minisd_case(s, c, "cupy", False),
+        lambda s, c: minisd_case(s, c, "cupy", False, precision="fp32"),
     ),
 }
 

@@ -64,9 +64,9 @@ class Forward:
     def _norm(self, prefix):
         return self.p[prefix + "weight"], self.p[prefix + "bias"]
 
-    def _conv(self, spec, x, residual=None):
+    def _conv(self, spec, x, residual=None, upsample=False):
         w, b = self.p[spec.prefix + "weight"], self.p[spec.prefix + "bias"]
-        return self.ops.conv2d(x, w, b, spec.stride, spec.padding, residual=residual)
+        return self.ops.conv2d(x, w, b, spec.stride, spec.padding, residual=residual, upsample=upsample)
 
     # ------------------------------------------------------------------------------------- text encoder
 
@@ -121,7 +121,7 @@ class Forward:
         ops, pre = self.ops, spec.prefix
         h = ops.group_norm(x, spec.groups, *self._norm(pre + "norm1."), spec.eps, silu=True)
         w, b = self.p[pre + "conv1.weight"], self.p[pre + "conv1.bias"]
-        h = ops.add(ops.conv2d(h, w, b, padding=1), temb[pre])
+        h = ops.conv2d(h, w, b, padding=1, channel_add=temb[pre])
         h = ops.group_norm(h, spec.groups, *self._norm(pre + "norm2."), spec.eps, silu=True)
         shortcut = x
         if spec.shortcut:
@@ -149,13 +149,14 @@ class Forward:
         cross = self._attention(blk + "attn2.", n, spec.heads, kv[spec.prefix])
         tokens = self._linear(blk + "attn2.to_out.0.", cross, tokens)
         n = ops.layer_norm(tokens, *self._norm(blk + "norm3."), eps)
-        ff = ops.geglu(self._linear(blk + "ff.net.0.proj.", n))
+        proj = blk + "ff.net.0.proj."
+        ff = ops.linear_geglu(n, self.p[proj + "weight"], self.p.get(proj + "bias"))
         return self._linear(blk + "ff.net.2.", ff, tokens)
 
     def transformer_2d(self, spec, x, kv):
         """Transformer2DModel (use_linear_projection): tokens in, the block, image out, + x."""
         ops, pre = self.ops, spec.prefix
-        _, _, h, w = x.shape
+        h, w = ops.image_size(x)
         normed = ops.group_norm(x, spec.groups, *self._norm(pre + "norm."), spec.group_norm_eps)
         tokens = self.transformer_block(spec, self._linear(pre + "proj_in.", ops.to_tokens(normed)), kv)
         # proj_out as a 1x1 conv after from_tokens: the same product, and the conv adds the residual x in its
@@ -188,6 +189,6 @@ class Forward:
             for resnet, attention in block.layers():
                 x = self._layer(resnet, attention, ops.concat_channels(x, skips.pop()), temb, kv)
             if block.sampler is not None:
-                x = self._conv(block.sampler, ops.upsample_nearest2x(x))
+                x = self._conv(block.sampler, x, upsample=True)
         x = ops.group_norm(x, u.groups, *self._norm("unet.conv_norm_out."), u.eps, silu=True)
         return self._conv(u.conv_out, x)

@@ -109,6 +109,24 @@ def denoise(ops, plan, x, predict_noise, progress=None):
     return x
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_PRECISION = "fp32"  # on CuPy
+
+
+def check_precision(precision, backend, kernels=None):
+    """The precision to sample in: half precision only on CuPy with minisd's own kernels."""
+    if precision is None:
+        return DEFAULT_PRECISION if backend == "cupy" and kernels in (None, "minisd") else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and (backend != "cupy" or kernels not in (None, "minisd")):
+        raise ValueError(
+            f"precision {precision} runs on the CuPy backend's half-precision kernels; "
+            f"backend {backend!r}{'' if kernels in (None, 'minisd') else f' with --kernels {kernels}'} is fp32 only"
+        )
+    return precision
+
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -172,9 +190,12 @@ class MiniSDPipeline:
     """Weights on a backend, ready to sample. ``MiniSDPipeline.from_pretrained()`` loads the trained file.
 
     ``kernels``: None or "minisd" (the course's finished kernels on ``backend``), or "solutions" /
-    "exercises": that lesson11.py's functions, probed first (minisd/lesson_kernels.py), on numpy arrays."""
+    "exercises": that lesson11.py's functions, probed first (minisd/lesson_kernels.py), on numpy arrays.
+    ``precision``: the UNet's arithmetic on CuPy, "fp32" (float32 accuracy: the reference) or "fp16" /
+    "bf16" (half-precision tensor cores, minisd/half_precision.py); None is DEFAULT_PRECISION there and
+    "fp32" on every other backend."""
 
-    def __init__(self, state, config, backend=None, kernels=None, log=print):
+    def __init__(self, state, config, backend=None, kernels=None, log=print, precision=None):
         self.config = config
         try:
             self.arch = architecture.read(config)
@@ -193,7 +214,13 @@ class MiniSDPipeline:
 
             self.ops, forward_class = lesson_kernels.load(kernels, log)
         self.backend = self.ops.backend
-        self.net = forward_class(self.ops, prepare_params(state, self.arch, self.ops), self.arch)
+        self.precision = check_precision(precision, self.backend, kernels)
+        if self.precision == "fp32":
+            self.net = forward_class(self.ops, prepare_params(state, self.arch, self.ops), self.arch)
+        else:
+            from minisd.half_precision import HalfPrecisionNet
+
+            self.net = HalfPrecisionNet(state, self.arch, self.ops, self.precision)
         self.sampler = Sampler(self.ops, self.net)
         self.graphs = None
         if self.backend == "cupy":
@@ -203,9 +230,9 @@ class MiniSDPipeline:
         self.last_timings = {}
 
     @classmethod
-    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print):
+    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print, precision=None):
         state, config = weights.load(path)
-        return cls(state, config, backend=backend, kernels=kernels, log=log)
+        return cls(state, config, backend=backend, kernels=kernels, log=log, precision=precision)
 
     def plan(self, batch, num_inference_steps, guidance_scale, height=None, width=None):
         u = self.arch.unet
@@ -278,6 +305,7 @@ def generate(
     kernels=None,
     progress=None,
     weights_path=None,
+    precision=None,
 ):
     """Prompts (a str or a list) -> uint8 images (N, 32, 32, 3), one per prompt.
 
@@ -288,7 +316,9 @@ def generate(
     """
     backend = mode.default_backend() if backend is None else backend
     mode.check_backend(backend)  # before the (slow) weights load
-    key = (backend, kernels or "minisd", str(weights_path))
+    key = (backend, kernels or "minisd", str(weights_path), check_precision(precision, backend, kernels))
     if key not in _PIPELINES:
-        _PIPELINES[key] = MiniSDPipeline.from_pretrained(weights_path, backend=backend, kernels=kernels)
+        _PIPELINES[key] = MiniSDPipeline.from_pretrained(
+            weights_path, backend=backend, kernels=kernels, precision=precision
+        )
     return _PIPELINES[key](prompts, num_inference_steps, guidance_scale, seed, progress)

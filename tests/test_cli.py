@@ -272,8 +272,10 @@ def test_eval_and_bench_options_are_checked():
 def test_gpu_only_options_fail_clearly_without_a_gpu():
     result = minisd_cli("eval", "--backend", "cupy")
     assert result.returncode == 2 and "backend 'cupy' needs a CUDA GPU" in result.stderr
-    result = minisd_cli("bench", "--only", "minisd-cupy-graphs")
-    assert result.returncode == 1 and "cannot run minisd-cupy-graphs here (no GPU found)" in result.stderr
+    result = minisd_cli("bench", "--only", "minisd-cupy-graphs-bf16")
+    assert (
+        result.returncode == 1 and "cannot run minisd-cupy-graphs-bf16 here (no GPU found)" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

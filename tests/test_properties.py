@@ -512,7 +512,9 @@ COMMANDS = {
             "--guidance": NUMBERS,
             "--repeats": INTS,
             "--numpy-steps": INTS,
-            "--only": st.sampled_from(["minisd-numpy", "minisd-cupy-graphs", "torch-eager-fp32", "nope"]),
+            "--only": st.sampled_from(
+                ["minisd-numpy", "minisd-cupy-graphs-bf16", "torch-eager-fp32", "nope"]
+            ),
             "--weights": WEIGHTS,
             "--out": st.sampled_from(["TMP/bench.json", "TMP/missing/bench.json"]),
         },

@@ -305,9 +305,20 @@ class Ops:
 
     # -------------------------------------------------------------------------------- matrix products
 
-    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+    def conv2d(
+        self, x, weight, bias=None, stride=1, padding=0, residual=None, channel_add=None, upsample=False
+    ):
         """2-D convolution (cross-correlation, like torch): x (N,C,H,W), weight (O,C,kh,kw), bias (O,);
-        ``residual`` (the output's shape) is added to the result (fused into the CuPy kernel's epilogue)."""
+        ``residual`` (the output's shape) is added to the result (fused into the CuPy kernel's epilogue).
+        ``channel_add`` (N, O) is added to every pixel of its image and channel (a ResNet's time embedding)
+        and ``upsample=True`` convolves the nearest-2x upsampled x: the half-precision kernels fuse both
+        (minisd/ops/half_ops.py); here they are the ops they stand for, before and after."""
+        if upsample:
+            x = self.upsample_nearest2x(x)
+        out = self._conv2d(x, weight, bias, stride, padding, residual)
+        return out if channel_add is None else self.add(out, channel_add)
+
+    def _conv2d(self, x, weight, bias, stride, padding, residual):
         call = self._call(x, "x")
         x, weight = call.arr("x", x, 4), call.arr("weight", weight, 4)
         bias, residual = call.arr("bias", bias, 1), call.arr("residual", residual, 4)
@@ -344,6 +355,10 @@ class Ops:
         shape = (*tuple(x.shape)[:-1], weight.shape[0])
         _residual(residual, shape)
         return call.run(self.kernels.linear, shape, x, weight, bias, residual)
+
+    def linear_geglu(self, x, weight, bias=None):
+        """geglu(linear(x, weight, bias)): the feed-forward's first half (one kernel on the half path)."""
+        return self.geglu(self.linear(x, weight, bias))
 
     def attention(self, q, k, v, heads=None, scale=None):
         """softmax(q k^T * scale) v. q (B,H,Lq,D), k/v (B,H,Lk,D); or (B,L,H*D) with ``heads=H``.
@@ -507,6 +522,11 @@ class Ops:
         n, c, h, w = a.shape
         both = self.concat_channels(a.reshape(1, n * c, h, w), b.reshape(1, n * c, h, w))
         return both.reshape(2 * n, c, h, w)
+
+    @staticmethod
+    def image_size(x):
+        """(H, W) of an (N, C, H, W) image."""
+        return tuple(x.shape[2:])
 
     def to_tokens(self, x):
         """(B, C, H, W) -> (B, H*W, C)."""

@@ -41,8 +41,9 @@ NULL = np.uintp(0)  # a null pointer argument (optional bias, residual, noise)
 
 @functools.cache
 def _module(files, options=(), names=()):
-    """Compile ``files`` (concatenated, in order) once per process; CuPy also caches the binary on disk."""
-    code = "\n".join((CUDA_DIR / f).read_text() for f in files)
+    """Compile common.cu then ``files`` (concatenated, in order) once per process; CuPy also caches the
+    binary on disk."""
+    code = "\n".join((CUDA_DIR / f).read_text() for f in ("common.cu", *files))
     return cp.RawModule(code=code, options=("-std=c++17", *options), name_expressions=names or None)
 
 

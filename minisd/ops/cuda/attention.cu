@@ -16,11 +16,8 @@
 // Special values as torch: a NaN score poisons its row (max_nan: fmaxf would drop it), a row of -inf scores
 // is 0/0 = NaN, and no keys at all (Lk = 0) is an empty weighted sum: zeros.
 
-#define NEG_INF __int_as_float(0xff800000)  // -inf (NVRTC has no math.h, so no INFINITY)
 #define ATT_THREADS 128
 #define KT 64
-
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 // DP: head_dim rounded up to 32 or 64 (registers need a compile-time size); lanes d >= D hold zeros.
 template <int DP, int SPLIT>

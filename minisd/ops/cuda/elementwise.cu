@@ -5,11 +5,6 @@
 #define GRID_STRIDE(i, n) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
-__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
-
-// Exact GELU, x * Phi(x), with erfcf: it keeps its relative accuracy in the far left tail.
-__device__ __forceinline__ float gelu_f(float v) { return 0.5f * v * erfcf(-v * 0.70710678118654752f); }
-
 extern "C" __global__ void silu_kernel(const float* __restrict__ x, float* __restrict__ out, long long n)
 {
     GRID_STRIDE(i, n) out[i] = silu_f(x[i]);

@@ -18,7 +18,6 @@
 //      times the MMA work.
 // Measured on an H100 at minisd's sizes the three modes take about the same time: these products are so
 // small that latency (loads, barriers, launches), not arithmetic, sets the pace.
-// No #include: NVRTC compiles this as is, with no CUDA headers to find.
 
 #define BK 16
 #define THREADS 128
@@ -199,38 +198,6 @@ __device__ __forceinline__ void gemm_mainloop(const Loader& ld, int t0, int t1, 
 // KS-th of the tile from all KS shared memories (distributed shared memory), always in rank order:
 // deterministic, no atomics, no workspace in global memory, one launch.
 //
-// Clusters need sm_90 (Hopper) or newer; the host splits K only there (KS > 1), so older GPUs compile the
-// kernels without the cluster attribute and never reach these helpers.
-#if __CUDA_ARCH__ >= 900
-#define CLUSTER_DIMS(ks) __cluster_dims__(1, 1, ks)
-
-__device__ __forceinline__ void cluster_sync()
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-__device__ __forceinline__ unsigned cluster_rank()
-{
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-// Read a float at the same shared-memory offset as p, in the block of rank `rank` of this cluster.
-__device__ __forceinline__ float load_from_block(const float* p, unsigned rank)
-{
-    unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-#else
-#define CLUSTER_DIMS(ks)
-__device__ __forceinline__ void cluster_sync() { __trap(); }
-__device__ __forceinline__ unsigned cluster_rank() { return 0; }
-__device__ __forceinline__ float load_from_block(const float* p, unsigned) { return *p; }
-#endif
 
 // The whole tile product: K loop (split KS ways across the cluster) and the reduction; store(m, n, value)
 // then writes each finished tile element (tile coordinates) exactly once.

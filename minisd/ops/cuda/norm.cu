@@ -6,18 +6,6 @@
 // Sums: each thread accumulates its strided share, then warp shuffles (5 steps, no shared memory), then
 // one value per warp through shared memory.
 
-#define NEG_INF __int_as_float(0xff800000)  // -inf (NVRTC has no math.h, so no INFINITY)
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
-// max that keeps a NaN, as torch's does: fmaxf(NaN, x) is x, so a softmax would quietly skip the NaN.
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
-
 __device__ __forceinline__ float warp_max(float v)
 {
 #pragma unroll
@@ -37,8 +25,6 @@ __device__ float block_sum(float v)
     v = lane < warps ? partial[lane] : 0.0f;
     return warp_sum(v);
 }
-
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
 // One block per (image, group). In NCHW a group's Cg = C/G channels are one contiguous run of Cg*HW floats.
 extern "C" __global__ void group_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight,
@@ -65,7 +51,7 @@ extern "C" __global__ void group_norm_kernel(const float* __restrict__ x, const 
         float v = (xg[i] - mean) * rstd;
         if (weight) v *= weight[c];
         if (bias) v += bias[c];
-        out[base + i] = fuse_silu ? silu(v) : v;
+        out[base + i] = fuse_silu ? silu_f(v) : v;
     }
 }
 

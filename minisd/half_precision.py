@@ -1,0 +1,81 @@
+"""minisd sampled with a half-precision UNet: what runs in fp16/bf16, and what stays float32.
+
+    net = HalfPrecisionNet(state, arch, Ops("cupy"), "bf16")    # then minisd.pipeline.Sampler(ops, net)
+
+* Once per run, float32 (minisd.forward.Forward on the CuPy ops): the text encoder, the cross-attention keys
+  and values (then rounded to half once: the attention kernel reads them every step) and the time
+  projections (kept float32: the convolutions add them in their float32 epilogue).
+* Every step, half: the UNet, the same minisd.forward.Forward walking the same architecture, on
+  minisd.ops.half_ops.HalfOps with weights from ``prepare_half_params``. The sample enters as float32 NCHW
+  and the noise prediction leaves as float32 NCHW.
+* Every step, float32: guidance and the DDIM step. x_0 = (x - sqrt(1 - a) eps) / sqrt(a) divides by
+  sqrt(a) ~ 0.006 at t = 999, which would blow a half-precision rounding of x up 160-fold.
+"""
+
+import cupy as cp
+import numpy as np
+
+from minisd.forward import Forward, prepare_params
+from minisd.ops.half_ops import HalfOps, interleave_geglu
+
+
+def _pad_to_8(a, axis):
+    extra = -a.shape[axis] % 8
+    if not extra:
+        return a
+    width = [(0, 0)] * a.ndim
+    width[axis] = (0, extra)
+    return np.pad(a, width)
+
+
+def prepare_half_params(state, arch, ops):
+    """The UNet's weights for ``ops`` (a HalfOps): convolutions as (O, kh, kw, C) with C and O padded to
+    multiples of 8, linear layers as they are, the GEGLU projection's rows interleaved, all in half;
+    biases and norm weights float32 (conv biases padded like their O)."""
+    params = {}
+    for key, value in state.items():
+        if not key.startswith("unet."):
+            continue
+        value = np.asarray(value, np.float32)
+        stem = key.rsplit(".", 1)[0]
+        if key.endswith("ff.net.0.proj.weight") or key.endswith("ff.net.0.proj.bias"):
+            value = interleave_geglu(value)
+        if value.ndim == 4:
+            value = _pad_to_8(_pad_to_8(value.transpose(0, 2, 3, 1), 3), 0)
+        elif value.ndim == 1 and np.ndim(state.get(stem + ".weight")) == 4:
+            value = _pad_to_8(value, 0)
+        array = cp.asarray(np.ascontiguousarray(value))
+        params[key] = array if value.ndim == 1 else ops.from_float32(array)
+    for block in arch.unet.blocks:
+        for t in block.attentions:  # proj_out as a 1x1 convolution (see Forward.transformer_2d)
+            w = params[t.prefix + "proj_out.weight"]
+            params[t.prefix + "proj_out.weight_1x1"] = w.reshape(w.shape[0], 1, 1, w.shape[1])
+    return params
+
+
+class HalfPrecisionNet:
+    """The four parts minisd.pipeline.Sampler calls, split between float32 and ``precision``."""
+
+    def __init__(self, state, arch, ops32, precision):
+        self.arch, self.ops = arch, HalfOps(precision)
+        self.full = Forward(ops32, prepare_params(state, arch, ops32), arch)
+        self.half = Forward(self.ops, prepare_half_params(state, arch, self.ops), arch)
+
+    def text_encoder(self, one_hot):
+        return self.full.text_encoder(one_hot)
+
+    def time_projections(self, timesteps):
+        return self.full.time_projections(timesteps)
+
+    def cross_attention_kv(self, context):
+        kv = self.full.cross_attention_kv(context)
+        half = {
+            key: tuple(self.ops.from_float32(a) for a in pair) for key, pair in kv.items() if key != "context"
+        }
+        return half | {"context": kv["context"]}
+
+    def unet(self, sample, temb, kv):
+        """float32 (N, C, H, W) sample -> float32 (N, C, H, W) noise prediction, through the half UNet."""
+        u = self.arch.unet
+        x = self.ops.from_nchw(sample, u.in_channels + -u.in_channels % 8)
+        return self.ops.to_nchw(self.half.unet(x, temb, kv), u.out_channels)
