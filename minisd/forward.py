@@ -131,6 +131,9 @@ class Forward:
 
     def _attention(self, prefix, tokens, heads, context_kv=None):
         """diffusers' Attention before to_out: self-attention, or cross-attention with the prompt's k, v."""
+        qkv = self.p.get(prefix + "to_qkv.weight")
+        if context_kv is None and qkv is not None:  # q, k, v packed in one weight: one product, not three
+            return self.ops.self_attention(self.ops.linear(tokens, qkv), heads)
         q = self.ops.linear(tokens, self.p[prefix + "to_q.weight"])
         if context_kv is None:
             k = self.ops.linear(tokens, self.p[prefix + "to_k.weight"])

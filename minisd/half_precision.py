@@ -30,8 +30,9 @@ def _pad_to_8(a, axis):
 
 def prepare_half_params(state, arch, ops):
     """The UNet's weights for ``ops`` (a HalfOps): convolutions as (O, kh, kw, C) with C and O padded to
-    multiples of 8, linear layers as they are, the GEGLU projection's rows interleaved, all in half;
-    biases and norm weights float32 (conv biases padded like their O)."""
+    multiples of 8, linear layers as they are, the GEGLU projection's rows interleaved, self-attention's
+    q, k, v weights also stacked into one, all in half; biases and norm weights float32 (conv biases padded
+    like their O)."""
     params = {}
     for key, value in state.items():
         if not key.startswith("unet."):
@@ -50,6 +51,10 @@ def prepare_half_params(state, arch, ops):
         for t in block.attentions:  # proj_out as a 1x1 convolution (see Forward.transformer_2d)
             w = params[t.prefix + "proj_out.weight"]
             params[t.prefix + "proj_out.weight_1x1"] = w.reshape(w.shape[0], 1, 1, w.shape[1])
+            # self-attention's q, k, v from one product (Forward._attention, HalfOps.self_attention)
+            a = t.block + "attn1."
+            qkv = np.concatenate([state[a + f"to_{name}.weight"] for name in "qkv"]).astype(np.float32)
+            params[a + "to_qkv.weight"] = ops.from_float32(cp.asarray(qkv))
     return params
 
 

@@ -45,9 +45,9 @@ def ops(request, monkeypatch):
     return ops
 
 
-def half(ops, gen, *shape, scale=1.0):
+def half(ops, gen, *shape, scale=1.0, shift=0.0):
     """Random half values, and the float64 torch tensor of exactly those values."""
-    x = ops.from_float32(cp.asarray((gen.standard_normal(shape) * scale).astype(np.float32)))
+    x = ops.from_float32(cp.asarray((gen.standard_normal(shape) * scale + shift).astype(np.float32)))
     return x, t64(ops, x)
 
 
@@ -165,8 +165,9 @@ def test_attention_without_keys_is_zero(ops, gen):
     "n, h, w, c, groups", [(3, 5, 7, 32, 8), (2, 6, 3, 96, 8), (1, 16, 16, 64, 8), (2, 32, 32, 32, 8)]
 )
 @pytest.mark.parametrize("silu", [False, True])
-def test_group_norm(ops, gen, n, h, w, c, groups, silu):
-    x, x64 = half(ops, gen, n, h, w, c, scale=3.0)
+@pytest.mark.parametrize("shift", [0.0, 40.0])  # |mean| >> std: the statistics must not cancel
+def test_group_norm(ops, gen, n, h, w, c, groups, silu, shift):
+    x, x64 = half(ops, gen, n, h, w, c, scale=3.0, shift=shift)
     weight, w64 = f32(gen, c)
     bias, b64 = f32(gen, c)
     ref = F.group_norm(nchw(x64), groups, w64, b64, 1e-5)
@@ -208,3 +209,29 @@ def test_refuses_what_it_cannot_do(ops, gen):
     q, _ = half(ops, gen, 1, 4, 48)
     with pytest.raises(ValueError, match="head_dim"):
         ops.attention(q, q, q, 1)
+
+
+def test_self_attention_reads_packed_qkv(ops, gen):
+    """q, k, v as column slices of one (B, L, 3*H*D) projection output, read in place."""
+    qkv, qkv64 = half(ops, gen, 2, 45, 3 * 64)
+    q, k, v = (qkv64[..., i * 64 : (i + 1) * 64].reshape(2, 45, 2, 32).transpose(1, 2) for i in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 45, 64)
+    check(ops, ops.self_attention(qkv, 2), ref, "self_attention")
+
+
+def test_skip_concatenation_is_read_in_place(ops, gen):
+    """conv2d and group_norm read a ChannelConcat's two images where the concatenation would be; its groups
+    may straddle the two (128 + 64 channels in 8 groups of 24)."""
+    a, a64 = half(ops, gen, 2, 5, 3, 128)
+    b, b64 = half(ops, gen, 2, 5, 3, 64, shift=2.0)
+    both, both64 = ops.concat_channels(a, b), torch.cat([a64, b64], -1)
+    assert both.shape == (2, 5, 3, 192)
+    wt, w64 = half(ops, gen, 40, 3, 3, 192, scale=0.05)
+    check(ops, ops.conv2d(both, wt, None, 1, 1), nhwc(F.conv2d(nchw(both64), nchw(w64), padding=1)), "conv2d")
+    weight, w64 = f32(gen, 192)
+    bias, b64 = f32(gen, 192)
+    ref = nhwc(F.silu(F.group_norm(nchw(both64), 8, w64, b64, 1e-5)))
+    check(ops, ops.group_norm(both, 8, weight, bias, 1e-5, silu=True), ref, "group_norm")
+    w1, w164 = half(ops, gen, 192, 1, 1, 128, scale=0.1)  # a concatenation as a residual is copied first
+    ref = nhwc(F.conv2d(nchw(a64), nchw(w164))) + both64
+    check(ops, ops.conv2d(a, w1, None, residual=both), ref, "conv2d, concatenated residual")

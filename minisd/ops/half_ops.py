@@ -30,7 +30,7 @@ from minisd.ops import cupy_ops
 
 PRECISIONS = ("fp16", "bf16")
 THREADS = 128  # HG_THREADS (half_gemm.cu), 32 * HA_WARPS (half_attention.cu)
-MAX_CHANNELS = 1024  # HN_MAX_C (half_norm.cu)
+MAX_CHANNELS = 512  # HN_MAX_C (half_norm.cu)
 
 
 def _i32(*values):
@@ -66,6 +66,8 @@ class HalfOps:
         return cupy_ops._kernel(("half.cu", file), f"{name}<{args}>", template=True)
 
     def _check(self, name, x, ndim=None):
+        if isinstance(x, ChannelConcat):  # its parts were checked when it was made
+            return x
         if not isinstance(x, cp.ndarray) or x.dtype != self.dtype:
             got = type(x).__name__ if not isinstance(x, cp.ndarray) else x.dtype
             raise TypeError(f"{name} must be a CuPy {self.precision} array ({self.dtype}), got {got}")
@@ -88,7 +90,7 @@ class HalfOps:
         return out
 
     def to_float32(self, x):
-        self._check("x", x)
+        x = self._array(self._check("x", x))
         out = cp.empty(x.shape, cp.float32)
         cupy_ops._launch_1d(
             self._kernel("half_elementwise.cu", "half_to_float_kernel"), x.size, (x, out, np.int64(x.size))
@@ -123,7 +125,8 @@ class HalfOps:
     @staticmethod
     def _plan(rows, cols, k):
         """Block tile (bm, bn) and cluster split-K factor ks for a rows x cols x k product: as
-        cupy_ops._gemm_plan, with half_gemm.cu's tiles and k-steps of 32."""
+        cupy_ops._gemm_plan, with half_gemm.cu's tiles and k-steps of 32, at least 4 per block of a split (measured on an
+        H200: shorter slices cost more in the cluster's reduction than they save)."""
         sms = cupy_ops._sm_count()
 
         def blocks(tile):
@@ -136,7 +139,7 @@ class HalfOps:
         if full:
             return (*min(full, key=padded), 1)
         tiles, steps, ks = blocks((64, 32)), -(-k // 32), 1
-        while cupy_ops._compute_capability() >= 90 and ks < 8 and tiles * ks < sms and steps >= 2 * ks:
+        while cupy_ops._compute_capability() >= 90 and ks < 8 and tiles * ks < sms and steps >= 8 * ks:
             ks *= 2
         return 64, 32, ks
 
@@ -147,7 +150,9 @@ class HalfOps:
         bm, bn, ks = self._plan(n * ho * wo, o, kh * kw * c)
         kernel = self._kernel("half_gemm.cu", "half_gemm_kernel", bm, bn, self.bf16, int(geglu), ks)
         grid = (-(-(n * ho * wo) // bm), -(-o // bn), ks)
-        args = (x, weight, _ptr(bias), _ptr(channel_add), _ptr(residual), out, *_i32(*shape))
+        x, x2, c1 = _sources(x)
+        args = (x, x2, weight, _ptr(bias), _ptr(channel_add), _ptr(residual), out)
+        args += _i32(n, h, w, c, c1, o, kh, kw, stride, pad, ho, wo, up)
         kernel(grid, (THREADS,), args)
         return out
 
@@ -156,7 +161,7 @@ class HalfOps:
     ):
         """x (N, H, W, C), weight (O, kh, kw, C) -> (N, Ho, Wo, O). Fused: bias (O,), ``channel_add`` (N, O)
         float32 (a ResNet's time embedding), ``residual`` (the output's shape), and ``upsample`` (nearest
-        2x of x before the convolution, never stored)."""
+        2x of x before the convolution, never stored). x may be a ``ChannelConcat``: read in place."""
         self._check("x", x, 4)
         self._check("weight", weight, 4)
         n, h, w, c = x.shape
@@ -167,6 +172,7 @@ class HalfOps:
         ho = ((h << up) + 2 * padding - kh) // stride + 1
         wo = ((w << up) + 2 * padding - kw) // stride + 1
         out = self._empty((n, ho, wo, o))
+        residual = self._array(residual)
         if residual is not None and self._check("residual", residual).shape != out.shape:
             raise ValueError(f"residual must have the output's shape {out.shape}, got {residual.shape}")
         if channel_add is not None and (channel_add.shape != (n, o) or channel_add.dtype != cp.float32):
@@ -206,23 +212,38 @@ class HalfOps:
         for name, a in (("q", q), ("k", k), ("v", v)):
             self._check(name, a, 3)
         b, lq, hd = q.shape
-        lk = k.shape[1]
+        if k.shape[::2] != (b, hd) or v.shape != k.shape:
+            raise ValueError(f"k and v must be (B, Lk, H*D) = ({b}, Lk, {hd}), got {k.shape}, {v.shape}")
+        return self._attention(q, k, v, heads, scale, b, lq, k.shape[1], hd, ld=hd)
+
+    def self_attention(self, qkv, heads, scale=None):
+        """Attention of (B, L, 3*H*D) tokens [q | k | v] (one projection's output) to themselves."""
+        self._check("qkv", qkv, 3)
+        b, length, hd3 = qkv.shape
+        if hd3 % 3:
+            raise ValueError(f"qkv's last axis holds q, k and v: a multiple of 3, got {hd3}")
+        hd = hd3 // 3
+        q, k, v = (qkv[..., i * hd :] for i in range(3))  # views: the kernel reads them with row stride 3*H*D
+        return self._attention(q, k, v, heads, scale, b, length, length, hd, ld=hd3)
+
+    def _attention(self, q, k, v, heads, scale, b, lq, lk, hd, ld):
+        """The kernel on q, k, v whose rows are ``ld`` apart (the output's are hd)."""
         d = hd // heads
         if d not in (32, 64) or hd % heads:
             raise ValueError(f"half-precision attention needs head_dim 32 or 64, got {hd} / {heads} heads")
-        if k.shape != (b, lk, hd) or v.shape != k.shape:
-            raise ValueError(f"k and v must be (B, Lk, H*D) = {(b, lk, hd)}, got {k.shape}, {v.shape}")
         scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-        out = self._empty(q.shape)
+        out = self._empty((b, lq, hd))
         kernel = self._kernel("half_attention.cu", "half_attention_kernel", d, self.bf16)
         grid = (-(-lq // 64), heads, b)
-        kernel(grid, (THREADS,), (q, k, v, out, *_i32(lq, lk, hd, hd), np.float32(scale * math.log2(math.e))))
+        args = (q, k, v, out, *_i32(lq, lk, ld, ld, hd))
+        kernel(grid, (THREADS,), (*args, np.float32(scale * math.log2(math.e))))
         return out
 
     # -------------------------------------------------------------------------------- normalisation
 
     def group_norm(self, x, num_groups, weight=None, bias=None, eps=1e-5, silu=False):
-        """GroupNorm of (N, H, W, C) (+ SiLU), statistics in float32; weight, bias float32 (C,)."""
+        """GroupNorm of (N, H, W, C) (+ SiLU), statistics in float32; weight, bias float32 (C,). x may be a
+        ``ChannelConcat``: read in place."""
         self._check("x", x, 4)
         n, h, w, c = x.shape
         if c % 8 or c % num_groups or c > MAX_CHANNELS:
@@ -238,12 +259,14 @@ class HalfOps:
             rows *= 2
         threads = per_pixel * rows
         kernel = self._kernel("half_norm.cu", "half_group_norm_kernel", self.bf16, cl)
+        x, x2, c1 = _sources(x)
         args = (
             x,
+            x2,
             _ptr(weight),
             _ptr(bias),
             out,
-            *_i32(h * w, c, num_groups),
+            *_i32(h * w, c, c1, num_groups),
             np.float32(eps),
             np.int32(bool(silu)),
         )
@@ -252,13 +275,16 @@ class HalfOps:
 
     @staticmethod
     def _cluster_size(images, vectors):
-        """Blocks per image for group_norm (Hopper: a cluster): more SMs for a small batch of big images,
-        each block with at least 2048 16-byte vectors to read (measured on an H200: fewer cost more in the
-        cluster's barriers than they save)."""
+        """Blocks per image for group_norm (Hopper: a cluster). Measured on an H200: a small batch of big
+        images wants up to 4 (each block still reading 2048+ 16-byte vectors: fewer cost more in the
+        cluster's barriers than they save), a big batch of big images (8192+ vectors each) 2."""
+        if cupy_ops._compute_capability() < 90:
+            return 1
+        if images * 2 > cupy_ops._sm_count():
+            return 2 if vectors >= 8192 else 1
         cl = 1
-        if cupy_ops._compute_capability() >= 90:
-            while cl < 8 and images * cl * 2 <= cupy_ops._sm_count() and vectors // (cl * 2) >= 2048:
-                cl *= 2
+        while cl < 4 and images * cl * 2 <= cupy_ops._sm_count() and vectors // (cl * 2) >= 2048:
+            cl *= 2
         return cl
 
     def layer_norm(self, x, weight=None, bias=None, eps=1e-5):
@@ -288,7 +314,8 @@ class HalfOps:
         return x.reshape(n, h, w, c)
 
     def concat_channels(self, a, b):
-        """(N, H, W, Ca) and (N, H, W, Cb) -> (N, H, W, Ca + Cb): the UNet's skip connections."""
+        """(N, H, W, Ca) and (N, H, W, Cb) -> (N, H, W, Ca + Cb), the UNet's skip connections, as a
+        ``ChannelConcat``: no copy; conv2d and group_norm (the only readers in the UNet) read both parts."""
         self._check("a", a, 4)
         self._check("b", b, 4)
         if a.shape[:3] != b.shape[:3] or a.shape[3] % 8 or b.shape[3] % 8:
@@ -296,11 +323,37 @@ class HalfOps:
                 f"concat_channels: (N, H, W) must match and channels be multiples of 8, got "
                 f"{a.shape} and {b.shape}"
             )
-        out = self._empty((*a.shape[:3], a.shape[3] + b.shape[3]))
+        return ChannelConcat(a, b)
+
+    def _array(self, x):
+        """A ChannelConcat copied into one array (where a kernel needs one); anything else as it is."""
+        if not isinstance(x, ChannelConcat):
+            return x
+        a, b = x
+        out = self._empty(x.shape)
         n = out.size // 8
         kernel = cupy_ops._kernel(("half.cu", "half_elementwise.cu"), "concat_nhwc_kernel")
         cupy_ops._launch_1d(kernel, n, (a, b, out, np.int64(n), *_i32(a.shape[3] // 8, b.shape[3] // 8)))
         return out
+
+
+class ChannelConcat(tuple):
+    """Two NHWC images (a, b) that stand for their concatenation along the channels."""
+
+    def __new__(cls, a, b):
+        return super().__new__(cls, (a, b))
+
+    @property
+    def shape(self):
+        a, b = self
+        return (*a.shape[:3], a.shape[3] + b.shape[3])
+
+
+def _sources(x):
+    """(first image, second image, channels of the first) of a ChannelConcat or a plain image."""
+    if isinstance(x, ChannelConcat):
+        return x[0], x[1], x[0].shape[3]
+    return x, x, x.shape[-1]
 
 
 def interleave_geglu(weight):

@@ -45,9 +45,23 @@ __device__ __forceinline__ float load_from_block(const float* p, unsigned rank)
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
     return v;
 }
+
+// The same for 4 floats at once (p 16-byte aligned): a quarter of the remote requests.
+__device__ __forceinline__ float4 load4_from_block(const float* p, unsigned rank)
+{
+    unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
+    float4 v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+    return v;
+}
 #else
 #define CLUSTER_DIMS(ks)
 __device__ __forceinline__ void cluster_sync() { __trap(); }
 __device__ __forceinline__ unsigned cluster_rank() { return 0; }
 __device__ __forceinline__ float load_from_block(const float* p, unsigned) { return *p; }
+__device__ __forceinline__ float4 load4_from_block(const float* p, unsigned) { return *(const float4*)p; }
 #endif

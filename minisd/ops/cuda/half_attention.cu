@@ -1,6 +1,8 @@
 // half_attention.cu: flash attention on half-precision tensor cores: softmax(q k^T * scale) v, fused.
 //
-// Tokens are (B, L, H*D) with the heads in place (what the half path's linear layers write), D = 32 or 64.
+// Tokens are (B, L, H*D) with the heads in place (what the half path's linear layers write), D = 32 or 64;
+// rows may be longer than H*D (ldq, ldk, ldo: row strides), so q, k and v can be column slices of one
+// (B, L, 3*H*D) tensor, the output of a single projection.
 // One block = 4 warps = 64 queries of one (batch, head); each warp owns 16 queries, held as MMA A fragments
 // in registers for the whole run. K/V tiles of KT = 64 keys are copied to shared memory once per block and
 // walked 16 keys at a time:
@@ -19,7 +21,7 @@ template <int D, int BF16>
 __global__ void __launch_bounds__(32 * HA_WARPS)
     half_attention_kernel(const half_t* __restrict__ q, const half_t* __restrict__ k,
                           const half_t* __restrict__ v, half_t* __restrict__ out, int Lq, int Lk, int ldq, int ldk,
-                          float scale_log2e)
+                          int ldo, float scale_log2e)
 {
     constexpr int KS = D / 16, DT = D / 8;  // k-steps of Q K^T, 8-wide column tiles of O
     constexpr int LDS = D + 8;              // padded rows: conflict-free fragment reads
@@ -30,7 +32,7 @@ __global__ void __launch_bounds__(32 * HA_WARPS)
     const int b = blockIdx.z, h = blockIdx.y;
     const int row0 = blockIdx.x * (16 * HA_WARPS) + warp * 16 + g, row1 = row0 + 8;
     q += (long long)b * Lq * ldq + h * D;
-    out += (long long)b * Lq * ldq + h * D;
+    out += (long long)b * Lq * ldo + h * D;
     k += (long long)b * Lk * ldk + h * D;
     v += (long long)b * Lk * ldk + h * D;
 
@@ -130,7 +132,7 @@ __global__ void __launch_bounds__(32 * HA_WARPS)
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) {
         const int c = dt * 8 + 2 * t;
-        if (row0 < Lq) *(unsigned*)(out + (long long)row0 * ldq + c) = pack2<BF16>(acc[dt][0] * i0, acc[dt][1] * i0);
-        if (row1 < Lq) *(unsigned*)(out + (long long)row1 * ldq + c) = pack2<BF16>(acc[dt][2] * i1, acc[dt][3] * i1);
+        if (row0 < Lq) *(unsigned*)(out + (long long)row0 * ldo + c) = pack2<BF16>(acc[dt][0] * i0, acc[dt][1] * i0);
+        if (row1 < Lq) *(unsigned*)(out + (long long)row1 * ldo + c) = pack2<BF16>(acc[dt][2] * i1, acc[dt][3] * i1);
     }
 }

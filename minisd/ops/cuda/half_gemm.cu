@@ -15,8 +15,9 @@
 // Fused, so the tensor is written once: the bias, a per-(image, channel) addend (a ResNet's time embedding),
 // a residual of the output's shape, and GEGLU (the weights' rows are interleaved value, gate, value, gate...
 // so one thread's accumulator pair holds both and writes value * gelu(gate)). In the loader: nearest 2x
-// upsampling (UP = 1 reads pixel (iy/2, ix/2) of the half-size input, so the upsampled image never exists).
-// Needs C % 8 == 0 (16-byte copies never straddle two taps) and O % 8 == 0; the host checks.
+// upsampling (UP = 1 reads pixel (iy/2, ix/2) of the half-size input, so the upsampled image never exists),
+// and the UNet's skip concatenation (channels below C1 from one image, the rest from another).
+// Needs C, C1 % 8 == 0 (16-byte copies never straddle two taps or images) and O % 8 == 0; the host checks.
 
 #define HG_THREADS 128
 #define HBK 32
@@ -25,6 +26,7 @@
 
 struct ConvShape {
     int N, H, W, C;  // input image (physical size: half the logical size when up)
+    int C1;          // channels 0 .. C1-1 from x, C1 .. C-1 from x2: a skip concatenation never stored
     int O, KH, KW, stride, pad, Ho, Wo, up;
 };
 
@@ -36,7 +38,8 @@ struct HalfStages {
 
 // The multiply-accumulate of one block tile over k-steps [t0, t1), into acc[MT][NT][4].
 template <int BM, int BN, int BF16>
-__device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, const half_t* __restrict__ w,
+__device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, const half_t* __restrict__ x2,
+                                              const half_t* __restrict__ w,
                                               const ConvShape& s, int m0, int n0, int t0, int t1,
                                               HalfStages<BM, BN>& sm, float (*acc)[BN / 8][4])
 {
@@ -60,12 +63,14 @@ __device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, cons
     auto load = [&](int stage, int t) {
         const int k = t * HBK + chunk * 8;
         const int tap = k / s.C, c = k - tap * s.C, ky = tap / s.KW, kx = tap - ky * s.KW;
+        const bool first = c < s.C1;  // which of the two concatenated images holds channel c
+        const half_t* src0 = first ? x + c : x2 + (c - s.C1);
+        const int pitch = first ? s.C1 : s.C - s.C1;  // channels per pixel of that image
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) {
             const int iy = iy0[i] + ky, ix = ix0[i] + kx;
             const bool ok = k < K && img[i] >= 0 && iy >= 0 && iy < Hl && ix >= 0 && ix < Wl;
-            const half_t* src =
-                ok ? x + (((long long)img[i] * s.H + (iy >> s.up)) * s.W + (ix >> s.up)) * s.C + c : x;
+            const half_t* src = ok ? src0 + (((long long)img[i] * s.H + (iy >> s.up)) * s.W + (ix >> s.up)) * pitch : x;
             cp_async16(&sm.a[stage][tid / 4 + 32 * i][chunk * 8], src, ok ? 16 : 0);
         }
 #pragma unroll
@@ -151,11 +156,13 @@ __device__ __forceinline__ void half_store8(const ConvShape& s, const float* __r
 // images give too few tiles to fill 132 SMs otherwise.
 template <int BM, int BN, int BF16, int GEGLU, int KS>
 __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
-    half_gemm_kernel(const half_t* __restrict__ x, const half_t* __restrict__ w, const float* __restrict__ bias,
+    half_gemm_kernel(const half_t* __restrict__ x, const half_t* __restrict__ x2, const half_t* __restrict__ w,
+                     const float* __restrict__ bias,
                      const float* __restrict__ cadd, const half_t* __restrict__ residual, half_t* __restrict__ out,
-                     int N, int H, int W, int C, int O, int KH, int KW, int stride, int pad, int Ho, int Wo, int up)
+                     int N, int H, int W, int C, int C1, int O, int KH, int KW, int stride, int pad, int Ho, int Wo,
+                     int up)
 {
-    const ConvShape s{N, H, W, C, O, KH, KW, stride, pad, Ho, Wo, up};
+    const ConvShape s{N, H, W, C, C1, O, KH, KW, stride, pad, Ho, Wo, up};
     constexpr int MT = BM / 64, NT = BN / 8, LDC = BN + 4;  // LDC: staged row pitch in floats
     __shared__ __align__(16) HalfStages<BM, BN> sm;
     static_assert(BM * LDC * sizeof(float) <= sizeof(HalfStages<BM, BN>), "the staged tile must fit");
@@ -166,7 +173,7 @@ __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
     const unsigned rank = KS > 1 ? cluster_rank() : 0;
     const int per = (steps + KS - 1) / KS;
     float acc[MT][NT][4] = {};
-    half_mainloop<BM, BN, BF16>(x, w, s, m0, n0, rank * per, min(steps, (int)(rank + 1) * per), sm, acc);
+    half_mainloop<BM, BN, BF16>(x, x2, w, s, m0, n0, rank * per, min(steps, (int)(rank + 1) * per), sm, acc);
 
     __syncthreads();  // every warp is done reading the last stage
 #pragma unroll
@@ -184,7 +191,14 @@ __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
 #pragma unroll
         for (int r = 0; r < KS; ++r)  // always in rank order: the same sum on every run
 #pragma unroll
-            for (int i = 0; i < 8; ++i) v[i] += KS > 1 ? load_from_block(&tile[m * LDC + n + i], r) : tile[m * LDC + n + i];
+            for (int i = 0; i < 8; i += 4) {
+                const float* p = &tile[m * LDC + n + i];
+                const float4 f = KS > 1 ? load4_from_block(p, r) : *(const float4*)p;
+                v[i] += f.x;
+                v[i + 1] += f.y;
+                v[i + 2] += f.z;
+                v[i + 3] += f.w;
+            }
         half_store8<BF16, GEGLU>(s, bias, cadd, residual, out, m0 + m, n0 + n, v);
     }
     if (KS > 1) cluster_sync();  // keep our shared memory alive until the other blocks have read it
