@@ -24,13 +24,14 @@ part_tests() {
 
 part_sanitizer() {
   # Kernel memory errors and shared-memory races: every Numba kernel version at ragged sizes (minisd.ops.dev
-  # --small), then every CuPy kernel through its tests and the edge cases (NaN, Inf, empty shapes). CUDA API
-  # calls that fail on purpose (libraries probing pointers) are not kernel bugs: --report-api-errors no.
+  # --small), then every CuPy kernel (float32 and half precision) through its tests and the edge cases (NaN,
+  # Inf, empty shapes). CUDA API calls that fail on purpose (libraries probing pointers) are not kernel bugs:
+  # --report-api-errors no.
   # The four runs only check, so they share the GPU side by side.
   log "compute-sanitizer memcheck and racecheck, Numba and CuPy kernels"
   for tool in memcheck racecheck; do
     sanitize "$tool" numba python -m minisd.ops.dev --small &
-    sanitize "$tool" cupy python -m pytest tests/test_ops_cupy.py tests/test_ops_edges.py -q -p no:cacheprovider &
+    sanitize "$tool" cupy python -m pytest tests/test_ops_cupy.py tests/test_ops_half.py tests/test_ops_edges.py -q -p no:cacheprovider &
   done
   wait
 }

@@ -51,6 +51,7 @@ def score(images, prompts):
 
 def parse_args(argv):
     from minisd.mode import BACKENDS
+    from minisd.pipeline import PRECISIONS
     from minisd.pipeline import DEFAULT_GUIDANCE
 
     p = argparse.ArgumentParser(
@@ -74,6 +75,9 @@ def parse_args(argv):
         help=f"guidance scale, or several to compare on the same prompts and seeds (default {DEFAULT_GUIDANCE})",
     )
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, help="the UNet's arithmetic on CuPy (default: as `minisd sample`)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images generated per call (default 64)")
     p.add_argument("--weights", help="a minisd .safetensors file (default: the trained one)")
@@ -82,7 +86,13 @@ def parse_args(argv):
 
 def check_args(args):
     """Every option, before the model loads; fills in the backend and the backend's default image count."""
+    from minisd.pipeline import check_precision
+
     args.backend = checks.backend(args.backend)
+    try:
+        args.precision = check_precision(args.precision, args.backend)
+    except ValueError as err:
+        raise checks.CliError(f"--precision: {err}", checks.EXIT_USAGE) from None
     if args.num_images is None:
         args.num_images = CPU_IMAGES if args.backend == "numpy" else GPU_IMAGES
     checks.int_range("num_images", args.num_images, high=MAX_IMAGES, why=" (enough to tell 90 % within 1 %)")
@@ -136,10 +146,10 @@ def run(args, guidance):
     prompts = random_prompts(args.num_images, np.random.default_rng(args.seed))
     print(
         f"scoring {checks.plural(len(prompts), 'image')}, {checks.plural(args.steps, 'step')}, guidance "
-        f"{guidance:g}, {mode.describe_backend(args.backend)}"
+        f"{guidance:g}, {mode.describe_backend(args.backend)}, {args.precision}"
     )
     options = {"num_inference_steps": args.steps, "guidance_scale": guidance}
-    options |= {"backend": args.backend, "weights_path": args.weights}
+    options |= {"backend": args.backend, "weights_path": args.weights, "precision": args.precision}
     start, images = time.time(), []
     with tqdm(total=len(prompts), unit="image", desc="sampling") as bar:
         for first in range(0, len(prompts), args.batch_size):
