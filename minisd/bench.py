@@ -4,8 +4,7 @@ Every contender runs the same job, minisd's one sampling loop (minisd.pipeline):
 empty prompt for guidance), then 25 DDIM steps of the UNet on the batch of unconditional and conditional rows,
 from the same weights, the same noise and the timesteps of their stored scheduler config:
 
-* minisd on CuPy, replayed from CUDA graphs (and eager, to show what the graphs buy);
-* minisd on Numba;
+* minisd on CuPy and on Numba, each replayed from CUDA graphs and eager (to show what the graphs buy);
 * the same model in PyTorch (minisd.model, sampled by minisd/torch_sampler.py), eager and
   ``torch.compile(mode="reduce-overhead")`` (Inductor's fused kernels replayed from CUDA graphs: the fair
   match for minisd's graphs), each in float32 (TF32 off), TF32 (PyTorch's default for cuDNN convolutions),
@@ -35,12 +34,16 @@ from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PRECISION, MiniSDPipeline,
 PROMPTS = ["a red circle on a blue background", "a yellow star on a black background"]
 OURS = f"minisd-cupy-graphs-{DEFAULT_PRECISION}"  # what `minisd sample` runs on a GPU
 BEST_TORCH = "torch-compile-bf16"  # the fastest thing a user could pick instead (measured on an H200)
-TARGETS = {  # (ratio, at most or at least) for minisd on CuPy graphs
+NUMBA = "minisd-numba-graphs"
+CUPY_FP32 = "minisd-cupy-graphs-fp32"
+TARGETS = {  # (ratio, at most or at least) for minisd on CuPy graphs (and the last, on Numba graphs)
     "batch1_vs_eager": (0.8, "at most"),  # time at batch 1 against PyTorch eager fp32
     "batch64_throughput_vs_eager": (0.7, "at least"),  # images/s at batch 64 against PyTorch eager fp32
     "batch1_vs_compile_bf16": (0.7, "at most"),  # time at batch 1 against torch.compile bf16
     "batch64_throughput_vs_compile_bf16": (1.2, "at least"),  # images/s at batch 64 against it
     "speedup_vs_numpy": (100.0, "at least"),  # against numpy on the host CPU, both batches
+    # the course's Numba kernels, replayed the same way: Python's launch cost gone, the kernels' own time left
+    "numba_graphs_batch1_vs_cupy_graphs": (2.0, "at most"),  # batch 1 time against CuPy graphs, both fp32
 }
 
 
@@ -119,9 +122,9 @@ def median_time(run, repeats, sync=lambda: None):
 
 def minisd_case(state, config, backend, graphs=True, precision=None):
     """A run(batch, steps) for minisd on ``backend``; the first call per batch warms up (and captures)."""
-    pipe = MiniSDPipeline(state, config, backend=backend, log=lambda *a: None, precision=precision)
-    if not graphs:
-        pipe.graphs = None  # the eager loop: every kernel launched from Python
+    pipe = MiniSDPipeline(
+        state, config, backend=backend, log=lambda *a: None, graphs=graphs, precision=precision
+    )
 
     def run(batch, steps, guidance, progress=None):
         return lambda: pipe(prompts_for(batch), steps, guidance, seed=0, progress=progress)
@@ -191,7 +194,16 @@ CONTENDERS = {
         )
     },
     "minisd-numpy": ("minisd, numpy on the CPU (fp32)", "cpu", lambda s, c: minisd_case(s, c, "numpy")),
-    "minisd-numba": ("minisd, Numba kernels, eager (fp32)", "gpu", lambda s, c: minisd_case(s, c, "numba")),
+    NUMBA: (
+        "minisd, Numba kernels, CUDA graphs (fp32)",
+        "cupy",  # CuPy's stream capture records the Numba launches
+        lambda s, c: minisd_case(s, c, "numba"),
+    ),
+    "minisd-numba": (
+        "minisd, Numba kernels, eager (fp32)",
+        "gpu",
+        lambda s, c: minisd_case(s, c, "numba", False),
+    ),
     "minisd-cupy-eager": (
         "minisd, CuPy kernels, eager (fp32 via 3xTF32)",
         "cupy",
@@ -247,7 +259,8 @@ def device_sync():
 
 
 def ratios(results):
-    """How minisd (CuPy graphs) compares: time ratios at batch 1, throughput ratios at batch 64."""
+    """How minisd (CuPy graphs) compares: time ratios at batch 1, throughput ratios at batch 64; and the
+    time of minisd on Numba graphs at batch 1 against CuPy graphs."""
 
     def seconds(name, batch):
         return results.get(name, {}).get(str(batch), {}).get("seconds")
@@ -264,6 +277,9 @@ def ratios(results):
         ours, cpu = seconds(OURS, batch), seconds("minisd-numpy", batch)
         if ours and cpu:
             out[f"speedup_vs_numpy_batch{batch}"] = cpu / ours
+    ours, numba = seconds(CUPY_FP32, 1), seconds(NUMBA, 1)  # the same float32 arithmetic
+    if ours and numba:
+        out["numba_graphs_batch1_vs_cupy_graphs"] = numba / ours
     return out
 
 

@@ -12,6 +12,12 @@ An op the module does not define is minisd's. The two blocks of exercises 11.3 a
 ``transformer_block``) plug in the same way, through ``LessonForward``. After the probe, every result is
 still checked (shape, dtype, finite values): a bug that only larger inputs show stops the run with the
 op's name instead of drawing a wrong picture.
+
+This loop is never replayed from CUDA graphs (minisd/cuda_graphs.py), so every kernel is launched from
+Python. A graph holds only launches on the stream it captures, into memory it owns, with nothing else in
+between. A lesson's function does work a graph cannot hold: it copies its numpy inputs to the GPU and its
+result back (a host sync), allocates with Numba's cudaMalloc, and launches on the default stream, which
+cannot be captured. Then its result is checked on the host.
 """
 
 import importlib

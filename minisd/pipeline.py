@@ -10,7 +10,8 @@ bench's PyTorch contenders), so every number minisd reports comes from the loop 
 
 Everything here runs on the course's ops (minisd/forward.py), so the backend ("numpy", "numba", "cupy")
 only changes where the arithmetic happens: a seed gives the same picture everywhere (up to float32
-rounding). On CuPy the whole sampling loop is replayed from CUDA graphs (minisd/cuda_graphs.py).
+rounding). On a GPU with CuPy, the whole sampling loop of the CuPy and the Numba backends is replayed from
+CUDA graphs (minisd/cuda_graphs.py).
 """
 
 import contextlib
@@ -194,11 +195,13 @@ class MiniSDPipeline:
 
     ``kernels``: None or "minisd" (the course's finished kernels on ``backend``), or "solutions" /
     "exercises": that lesson11.py's functions, probed first (minisd/lesson_kernels.py), on numpy arrays.
+    ``graphs``: replay the sampling loop from CUDA graphs where it can be captured (the CuPy and Numba
+    backends, on a GPU with CuPy); False runs it eagerly, every kernel launched from Python.
     ``precision``: the UNet's arithmetic on CuPy, "fp32" (float32 accuracy: the reference) or "fp16" /
     "bf16" (half-precision tensor cores, minisd/half_precision.py); None is DEFAULT_PRECISION there and
     "fp32" on every other backend."""
 
-    def __init__(self, state, config, backend=None, kernels=None, log=print, precision=None):
+    def __init__(self, state, config, backend=None, kernels=None, log=print, graphs=True, precision=None):
         self.config = config
         try:
             self.arch = architecture.read(config)
@@ -226,16 +229,20 @@ class MiniSDPipeline:
             self.net = HalfPrecisionNet(state, self.arch, self.ops, self.precision)
         self.sampler = Sampler(self.ops, self.net)
         self.graphs = None
-        if self.backend == "cupy":
+        # Eager on numpy, without CuPy (the simulator cannot capture) and for a lesson's kernels (numpy in and
+        # out: minisd/lesson_kernels.py says why a graph cannot hold them).
+        if graphs and self.backend != "numpy" and mode.has_cupy():
             from minisd.cuda_graphs import GraphedSampler
 
             self.graphs = GraphedSampler(self.sampler)
         self.last_timings = {}
 
     @classmethod
-    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print, precision=None):
+    def from_pretrained(cls, path=None, backend=None, kernels=None, log=print, graphs=True, precision=None):
         state, config = weights.load(path)
-        return cls(state, config, backend=backend, kernels=kernels, log=log, precision=precision)
+        return cls(
+            state, config, backend=backend, kernels=kernels, log=log, graphs=graphs, precision=precision
+        )
 
     def plan(self, batch, num_inference_steps, guidance_scale, height=None, width=None):
         u = self.arch.unet
@@ -277,6 +284,20 @@ class MiniSDPipeline:
         width=None,
     ):
         """Prompts -> uint8 images (N, height, width, 3); height and width default to the model's size."""
+        args = (num_inference_steps, guidance_scale, seed, progress, height, width)
+        return to_uint8(self.sample(prompts, *args))
+
+    def sample(
+        self,
+        prompts,
+        num_inference_steps=DEFAULT_STEPS,
+        guidance_scale=DEFAULT_GUIDANCE,
+        seed=0,
+        progress=None,
+        height=None,
+        width=None,
+    ):
+        """What ``__call__`` turns into pixels: the final samples, numpy float32 (N, 3, height, width)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("prompts is empty: pass at least one prompt")
@@ -293,7 +314,7 @@ class MiniSDPipeline:
                 sample = self._sample_in_chunks(one_hot, self.ops.randn(shape, seed), plan, progress)
         total = time.perf_counter() - start
         self.last_timings = {"total_s": total, "per_step_s": total / num_inference_steps}
-        return to_uint8(sample)
+        return sample
 
 
 _PIPELINES = {}

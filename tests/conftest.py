@@ -18,13 +18,16 @@ def gen(request):
 
 @pytest.fixture(scope="module")
 def numba_ops_poisoned():
-    """Let Ops("numba") run in the simulator (MINISD_ALLOW_SIMULATOR=1), and start every output it allocates
-    as NaN, so an element a kernel never writes shows. Module-wide (``pytestmark``): Hypothesis tests
-    cannot take a function-scoped fixture."""
+    """Let Ops("numba") run in the simulator (MINISD_ALLOW_SIMULATOR=1), and start every array it allocates
+    (outputs and scratch) as NaN, so an element a kernel never writes shows. Module-wide (``pytestmark``):
+    Hypothesis tests cannot take a function-scoped fixture."""
+    from minisd import ops
     from minisd.kernel_backend import cuda
-    from minisd.ops.numba import common
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINISD_ALLOW_SIMULATOR", "1")
-        mp.setattr(common, "empty", lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
-        yield
+        previous = ops.set_allocator(lambda shape: cuda.to_device(np.full(shape, np.nan, np.float32)))
+        try:
+            yield
+        finally:
+            ops.set_allocator(previous)

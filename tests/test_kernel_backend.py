@@ -66,6 +66,7 @@ ALLOWED = {
     "course/warp.py": ("numba.cuda.simulator",),
     "course/grading.py": ("numba.cuda.simulator", "from numba.cuda import dispatcher"),
     "tests/test_ops.py": ("numba.cuda.simulator",),
+    "tests/test_pipeline.py": ("numba.cuda.simulator",),
     "tests/test_mode.py": ("from numba import cuda",),  # that numba.cuda itself comes up as the simulator
     "benchmarks/compile_check.py": (
         "numba.cuda",

@@ -396,6 +396,40 @@ def test_to_numpy_and_to_device(gen):
     assert np.array_equal(ops.to_device(x, "numpy"), x)
 
 
+def test_numba_ops_allocate_through_set_allocator(gen):
+    """What a CUDA graph needs (minisd/cuda_graphs.py): while an allocator is set, every array the Numba
+    backend allocates comes from it, outputs and kernels' scratch (attention v1's scores and probabilities);
+    after it is unset, none does."""
+    from minisd.kernel_backend import cuda
+    from minisd.ops.numba import VERSIONS
+
+    made = []
+
+    def allocate(shape):
+        made.append(cuda.to_device(np.full(shape, np.nan, np.float32)))
+        return made[-1]
+
+    x, w = r(gen, 1, 4, 3, 2), r(gen, 4)
+    q, k = r(gen, 1, 3, 4), r(gen, 1, 5, 4)  # 3 queries, 5 keys, 2 heads of 2
+    dq, dk = ops.to_device(q, "numba"), ops.to_device(k, "numba")
+    previous = ops.set_allocator(allocate)
+    try:
+        out = Ops("numba").group_norm(ops.to_device(x, "numba"), 2, ops.to_device(w, "numba"), silu=True)
+        att = Ops("numba").linear(dq, ops.to_device(np.eye(4, dtype=np.float32), "numba"))
+        VERSIONS["attention"][1](dq, dk, dk, 2, np.float32(0.5), att)
+    finally:
+        restored = ops.set_allocator(previous)
+    assert restored is allocate
+    assert [tuple(a.shape) for a in made] == [(1, 4, 3, 2), (1, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5)]
+    assert out is made[0] and att is made[1]
+    assert_close(out, F.silu(F.group_norm(t64(x), 2, t64(w))), what="group_norm")
+    heads = (t64(q).view(1, 3, 2, 2).transpose(1, 2), t64(k).view(1, 5, 2, 2).transpose(1, 2))
+    ref = F.scaled_dot_product_attention(*heads, heads[1], scale=0.5).transpose(1, 2).reshape(1, 3, 4)
+    assert_close(att, ref, what="attention v1")
+    later = Ops("numba").silu(dq)
+    assert len(made) == 4 and not any(later is a for a in made)
+
+
 # --- clear errors ---------------------------------------------------------------------------------------
 
 

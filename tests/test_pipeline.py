@@ -511,6 +511,91 @@ def test_the_reference_solutions_plug_in(capsys):
     assert_close(ops.linear(x, w), x @ w.T, 1e-5, "lesson linear")
 
 
+# ------------------------------------------------- CUDA graphs (minisd/cuda_graphs.py): what a CPU can check
+# Capturing needs a GPU (tests/test_cuda_graphs.py); the choice of loop and the host's side of the ops do not.
+
+
+def test_graphs_where_the_loop_can_be_captured(monkeypatch):
+    """Graphs for the cupy and numba backends on a GPU with CuPy, unless graphs=False; the eager loop in the
+    simulator (which cannot capture), on numpy and for a lesson's kernels (numpy in, numpy out)."""
+    monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
+    config = tiny_config()
+    state = state_of(random_model(config))
+    if not mode.ON_GPU:
+        assert MiniSDPipeline(state, config, backend="numba").graphs is None
+    graphed = types.ModuleType("minisd.cuda_graphs")
+    graphed.GraphedSampler = lambda sampler: ("graphs of", sampler)
+    monkeypatch.setitem(sys.modules, "minisd.cuda_graphs", graphed)
+    monkeypatch.setattr(mode, "has_cupy", lambda: True)  # as on a GPU machine
+    pipe = MiniSDPipeline(state, config, backend="numba")
+    assert pipe.graphs == ("graphs of", pipe.sampler)
+    assert MiniSDPipeline(state, config, backend="numba", graphs=False).graphs is None
+    assert MiniSDPipeline(state, config, backend="numpy").graphs is None
+    fake_lesson(monkeypatch, gelu=lambda x: NUMPY.gelu(x))
+    assert MiniSDPipeline(state, config, kernels="solutions", log=lambda *a: None).graphs is None
+
+
+def test_a_warm_numba_sampler_leaves_the_host_alone(monkeypatch):
+    """What a CUDA graph can hold, on the host's side (kernel launches recorded, not run: only the Python
+    around them matters here): after one eager run, the prologue and the steps on Ops("numba") launch kernels
+    on device arrays only (a numpy argument is copied both ways), copy nothing between host and device,
+    synchronize nothing, and allocate only through set_allocator (on a GPU: the graph's memory pool)."""
+    from numba.cuda.simulator import kernel as simulated
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    from minisd.kernel_backend import cuda
+    from minisd.ops import set_allocator
+
+    if mode.ON_GPU:
+        pytest.skip("records the simulator's launches; tests/test_cuda_graphs.py captures the real ones")
+    monkeypatch.setenv("MINISD_ALLOW_SIMULATOR", "1")
+    config = tiny_config()
+    pipe = MiniSDPipeline(state_of(random_model(config)), config, backend="numba")
+    plan = pipe.plan(2, 3, 3.0)
+    ops = pipe.ops
+    one_hot = ops.to_device(one_hot_tokens(tokenize(plan.prompt_rows(PROMPTS[:2])), len(VOCAB)))
+    timestep_rows = ops.to_device(plan.timestep_rows())
+    noise = ops.to_device(np.zeros(plan.noise_shape(3), np.float32))
+    launches, allocated, host = [], [], []
+    monkeypatch.setattr(simulated.FakeCUDAKernel, "__call__", lambda kernel, *args: launches.append(args))
+    device_array = cuda.device_array
+
+    def allocate(shape):
+        allocated.append(shape)
+        return device_array(shape, np.float32)
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            host.append(name)
+            return fn(*args, **kwargs)
+
+        return call
+
+    def run():
+        state = pipe.sampler.prologue(one_hot, timestep_rows, plan)
+        x = noise
+        for i in range(len(plan.timesteps)):
+            x = pipe.sampler.step(i, x, state, plan)
+
+    run()  # eager: what may happen once, before a capture (e.g. the placeholder for a missing bias)
+    launches.clear()
+    for where, names in (
+        (cuda, ("to_device", "device_array", "device_array_like", "pinned_array", "synchronize")),
+        (FakeCUDAArray, ("copy_to_host", "copy_to_device")),
+    ):
+        for name in names:
+            monkeypatch.setattr(where, name, counted(name, getattr(where, name)))
+    previous = set_allocator(allocate)
+    try:
+        run()
+    finally:
+        set_allocator(previous)
+    assert host == [], f"host work in a step: { {name: host.count(name) for name in set(host)} }"
+    assert len(launches) > 100 and len(allocated) > 50, (len(launches), len(allocated))
+    on_host = [type(a).__name__ for args in launches for a in args if isinstance(a, np.ndarray) and a.ndim]
+    assert on_host == [], f"kernels launched on host arrays: {on_host}"
+
+
 # ------------------------------------------------------------------------------------ GPU (lead's H100 runs)
 
 

@@ -27,8 +27,9 @@ Rules checked before any work:
 * Shapes must agree as each method documents (channels, groups dividing channels, head dims, ...).
 
 Numba specifics: ``set_stream(s)`` makes later Numba launches use ``s`` (a CuPy or torch stream, a Numba
-stream or a raw cudaStream_t), e.g. to capture them in a CUDA graph. Numba does not synchronize with the
-stream a CuPy/torch array was produced on: launch on that stream. The CuPy backend uses CuPy's current
+stream or a raw cudaStream_t), e.g. to capture them in a CUDA graph; ``set_allocator(f)`` makes the ops take
+their outputs and scratch arrays from ``f(shape)`` (e.g. a graph's memory pool, see minisd/cuda_graphs.py).
+Numba does not synchronize with the stream a CuPy/torch array was produced on: launch on that stream. The CuPy backend uses CuPy's current
 stream (``with stream:``) and, inside ``cupy.cuda.using_allocator``, allocates from that pool.
 """
 
@@ -41,7 +42,7 @@ import minisd.mode as mode
 from minisd import schedulers
 from minisd.ops import numpy_ops, rng
 
-__all__ = ["Ops", "get_stream", "set_stream", "to_device", "to_numpy"]
+__all__ = ["Ops", "get_stream", "set_allocator", "set_stream", "to_device", "to_numpy"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,6 +127,11 @@ def set_stream(stream):
 
 def get_stream():
     return _numba().get_stream()
+
+
+def set_allocator(allocate):
+    """Numba backend: allocate later outputs with ``allocate(shape)`` (None = Numba's own); returns the previous."""
+    return _numba().set_allocator(allocate)
 
 
 def _dtype_name(x):

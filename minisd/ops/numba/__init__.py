@@ -10,7 +10,7 @@ launch, and return ``out``.
 import importlib
 import math
 
-from minisd.ops.numba.common import get_stream, set_stream  # noqa: F401  (re-exported)
+from minisd.ops.numba.common import get_stream, set_allocator, set_stream  # noqa: F401  (re-exported)
 
 FILES = ("conv2d", "group_norm", "layer_norm", "softmax", "attention", "linear", "elementwise", "random")
 MODULES = [importlib.import_module(f"minisd.ops.numba.{name}") for name in FILES]

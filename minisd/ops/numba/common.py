@@ -1,4 +1,5 @@
-"""What every Numba kernel file shares: the launch stream, grid arithmetic and optional arguments.
+"""What every Numba kernel file shares: the launch stream, the allocator, grid arithmetic and optional
+arguments.
 
 (minisd.ops, the package around this one, imports minisd.mode before numba.cuda is imported here: that
 is what switches the simulator on when there is no GPU.)
@@ -61,7 +62,25 @@ def launch1d(kernel, n, *args, tpb=256):
     kernel[max(1, cdiv(n, tpb)), tpb, _stream](*args)
 
 
+_allocate = None  # None = Numba's own device memory
+
+
+def set_allocator(allocate):
+    """Allocate every later output and scratch array of the ops with ``allocate(shape)``, which returns a
+    C-contiguous float32 Numba device array of that shape (None: Numba's own memory); returns the previous one.
+
+    minisd/cuda_graphs.py passes arrays of a CuPy memory pool this way: what a CUDA graph captures must not
+    be allocated (cudaMalloc) during the capture, nor freed while the graph lives.
+    """
+    global _allocate
+    previous = _allocate
+    _allocate = allocate
+    return previous
+
+
 def empty(shape):
+    if _allocate is not None:
+        return _allocate(shape)
     return cuda.device_array(shape, "float32", stream=_stream)
 
 
