@@ -51,8 +51,7 @@ def score(images, prompts):
 
 def parse_args(argv):
     from minisd.mode import BACKENDS
-    from minisd.pipeline import PRECISIONS
-    from minisd.pipeline import DEFAULT_GUIDANCE
+    from minisd.pipeline import DEFAULT_GUIDANCE, PRECISIONS
 
     p = argparse.ArgumentParser(
         prog="python -m minisd eval",
