@@ -75,7 +75,7 @@ def parse_args(argv):
     )
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
     p.add_argument(
-        "--precision", choices=PRECISIONS, help="the UNet's arithmetic on CuPy (default: as `minisd sample`)"
+        "--precision", choices=PRECISIONS, help="the UNet's arithmetic on CuPy (default: as for sample)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images generated per call (default 64)")

@@ -86,14 +86,18 @@ def _plus(y, residual):
 @case
 def conv2d(d):
     n, c, o, kh, kw = d.dim(0, 2), d.dim(top=3), d.dim(top=3), d.dim(top=3), d.dim(top=3)
-    stride, padding = d.pick(1, 2), d.pick(0, 1)
+    stride, padding, up = d.pick(1, 2), d.pick(0, 1), d.pick(1, 2)  # up: nearest upsampling first
     h, w = d.dim(max(1, kh - 2 * padding), kh + 2), d.dim(max(1, kw - 2 * padding), kw + 2)
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    ho, wo = (up * h + 2 * padding - kh) // stride + 1, (up * w + 2 * padding - kw) // stride + 1
     kwargs = dict(x=d.array(n, c, h, w), weight=d.array(o, c, kh, kw), bias=d.maybe(lambda: d.array(o)))
     kwargs.update(stride=stride, padding=padding, residual=d.maybe(lambda: d.array(n, o, ho, wo)))
+    kwargs.update(channel_add=d.maybe(lambda: d.array(n, o)), upsample=up == 2)
 
-    def ref(x, weight, bias, stride, padding, residual):
-        return _plus(F.conv2d(x, weight, bias, stride=stride, padding=padding), residual)
+    def ref(x, weight, bias, stride, padding, residual, channel_add, upsample):
+        if upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        y = _plus(F.conv2d(x, weight, bias, stride=stride, padding=padding), residual)
+        return y if channel_add is None else y + channel_add[:, :, None, None]
 
     return kwargs, ref
 
@@ -105,6 +109,19 @@ def linear(d):
     kwargs = dict(x=d.array(*lead, k), weight=d.array(n, k), bias=d.maybe(lambda: d.array(n)))
     kwargs["residual"] = d.maybe(lambda: d.array(*lead, n))
     return kwargs, lambda x, weight, bias, residual: _plus(F.linear(x, weight, bias), residual)
+
+
+@case
+def linear_geglu(d):
+    lead = (d.dim(0, 2),) * d.pick(1, 2)
+    k, f = d.dim(0), d.dim()
+    kwargs = dict(x=d.array(*lead, k), weight=d.array(2 * f, k), bias=d.maybe(lambda: d.array(2 * f)))
+
+    def ref(x, weight, bias):
+        a, g = F.linear(x, weight, bias).chunk(2, -1)
+        return a * F.gelu(g)
+
+    return kwargs, ref
 
 
 @case
@@ -405,6 +422,7 @@ def test_op_matches_torch(backend, name, data):
 def test_every_public_op_has_a_case():
     public = {m for m in dir(Ops) if not m.startswith("_") and callable(getattr(Ops, m))}
     covered = set(CASES) | {"scheduler_step", "randn", "to_device", "to_numpy"}  # the last: tested below
+    covered |= {"image_size"}  # a shape, not arithmetic
     assert public == covered, f"ops without a property test: {public - covered}; unknown: {covered - public}"
 
 

@@ -319,6 +319,11 @@ class Ops:
         ``channel_add`` (N, O) is added to every pixel of its image and channel (a ResNet's time embedding)
         and ``upsample=True`` convolves the nearest-2x upsampled x: the half-precision kernels fuse both
         (minisd/ops/half_ops.py); here they are the ops they stand for, before and after."""
+        if channel_add is not None:  # checked first, by its own name
+            channel_add = self._call(x, "x").arr("channel_add", channel_add, 2)
+            want = (tuple(x.shape)[0], tuple(weight.shape)[0])
+            if tuple(channel_add.shape) != want:
+                raise ValueError(f"channel_add must be (N, O) = {want}, got {tuple(channel_add.shape)}")
         if upsample:
             x = self.upsample_nearest2x(x)
         out = self._conv2d(x, weight, bias, stride, padding, residual)
