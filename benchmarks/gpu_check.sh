@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What CI cannot prove: run the GPU paths on a machine with an NVIDIA GPU and keep the evidence.
-#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|eval|checks|all|mlir|pack ...   (logs go to $OUT/logs)
+#   bash benchmarks/gpu_check.sh tests|sanitizer|kernels|notebooks|bench|profile|eval|checks|all|mlir|pack ...   (logs go to $OUT/logs)
 # Parts may run side by side (`part1 & part2; wait`); `pack` tars the logs into one file last. `checks` runs
 # tests, sanitizer and eval side by side (they only need right answers); `all` is checks, then the parts whose
-# numbers are timings (notebooks, bench), one at a time.
+# numbers are timings (notebooks, bench, profile), one at a time.
 # Each part is bounded by `timeout`, so one slow part cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu-out}
@@ -65,6 +65,19 @@ part_bench() {
   log "minisd bench"; timeout "${BENCH_TIMEOUT:-400}" python -m minisd bench ${BENCH_ARGS:-} --out "$OUT/logs/bench.json" 2>&1 | tail -60 | tee "$OUT/logs/bench.txt"
 }
 
+part_profile() {
+  # One sampling step op by op on CuPy (minisd/profile.py: CUDA events around every op, the stream held so the
+  # kernels run back to back): the table by op against the measured copy and matmul roofs, and per batch a JSON
+  # and a roofline PNG in $OUT/profile (file them as benchmarks/<gpu>/profile/).
+  mkdir -p "$OUT/profile"
+  for batch in 64 1; do
+    log "minisd profile, cupy, batch $batch"
+    timeout "${PROFILE_TIMEOUT:-300}" python -m minisd profile --backend cupy --batch "$batch" \
+      --json "$OUT/profile/cupy_batch$batch.json" --png "$OUT/profile/cupy_batch$batch.png" 2>&1 \
+      | tee "$OUT/logs/profile_cupy_batch$batch.txt"
+  done
+}
+
 part_eval() {
   # The guidance choice and the README's prompt-following row, measured with the sampling loop that ships
   # (they were measured with the training run's own loop): every scale on the same 1,024 prompts and seeds.
@@ -80,7 +93,7 @@ part_checks() {  # the parts that only need right answers share the GPU side by 
   tail -3 "$OUT/logs/tests.out"; cat "$OUT/logs/sanitizer.out"; tail -12 "$OUT/logs/eval.out"
 }
 
-part_all() { part_checks; part_notebooks; part_bench; }
+part_all() { part_checks; part_notebooks; part_bench; part_profile; }
 
 part_mlir() {
   # The same kernels compiled by numba-cuda-mlir, numba-cuda's successor (MINISD_NUMBA_CUDA=mlir, see
@@ -112,7 +125,8 @@ part_mlir() {
 }
 
 part_pack() {
-  tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) && rm -rf "$OUT/logs" "$OUT/notebooks"
+  tar czf "$OUT/gpu_check.tgz" -C "$OUT" logs $(test -d "$OUT/notebooks" && echo notebooks) \
+    $(test -d "$OUT/profile" && echo profile) && rm -rf "$OUT/logs" "$OUT/notebooks" "$OUT/profile"
 }
 
 for part in "$@"; do "part_$part"; done

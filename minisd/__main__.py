@@ -1,7 +1,8 @@
-"""``python -m minisd {sample,info,train,eval,bench,export}`` (also installed as the ``minisd`` command).
+"""``python -m minisd {sample,info,profile,train,eval,bench,export}`` (also installed as the ``minisd`` command).
 
 python -m minisd sample --prompt "a red circle on a blue background" --num-images 4 --out grid.png
 python -m minisd info
+python -m minisd profile --batch 64 --json profile.json   # one step's time by op, and a roofline PNG
 """
 
 import argparse
@@ -13,6 +14,7 @@ from minisd.checks import EXIT_USAGE, CliError
 
 MAX_IMAGES = 1024  # a run samples all its images as one batch: split a bigger job into runs with other seeds
 MAX_SCALE = 32  # a 32x32 image becomes 1024x1024 pixels
+MAX_REPEATS = 100  # profile's timed steps
 
 
 def sample_parser(sub):
@@ -170,6 +172,98 @@ def run_sample(args):
     print(f"wrote {path}")
 
 
+def profile_parser(sub):
+    from minisd.mode import BACKENDS
+    from minisd.pipeline import DEFAULT_GUIDANCE
+
+    p = sub.add_parser(
+        "profile",
+        help="time one sampling step op by op against this machine's memory and matmul roofs",
+        description="Times every op of one sampling step (after warm-up; CUDA events on a GPU) and prints "
+        "the time by op: share of the step, GB/s and TFLOP/s achieved, and the percentage of the roof that "
+        "bounds it (a copy's bandwidth or a large matmul's FLOP/s, measured now); then the slowest calls. "
+        "Writes a roofline PNG.",
+    )
+    p.add_argument("--backend", choices=BACKENDS, help="default: the fastest this machine has")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="images (default 1); with guidance the UNet runs twice as many rows",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}; 1: no unconditional rows)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed steps; each call's median is reported (default 3)"
+    )
+    p.add_argument("--weights", help="a minisd .safetensors file (default: the trained one)")
+    p.add_argument(
+        "--ceilings",
+        help="a JSON file with the roofs (one --json wrote on this machine) instead of measuring them",
+    )
+    p.add_argument(
+        "--png", default="minisd-profile.png", help="roofline to write (default minisd-profile.png)"
+    )
+    p.add_argument("--json", help="also write everything measured to this .json file")
+    return p
+
+
+def check_profile_args(args):
+    from minisd import checks
+    from minisd.ceilings import load
+
+    checks.int_range("batch", args.batch, high=MAX_IMAGES)
+    checks.guidance(args.guidance)
+    checks.int_range("repeats", args.repeats, high=MAX_REPEATS)
+    args.backend = checks.backend(args.backend)
+    checks.out_file(args.png, ".png", "png")
+    if args.json is not None:
+        checks.out_file(args.json, ".json", "json")
+    checks.weights_config(args.weights)
+    if args.ceilings == "":
+        raise CliError(
+            "--ceilings is empty: give a JSON file (a profile's --json), or leave it out", EXIT_USAGE
+        )
+    if args.ceilings is not None:
+        try:
+            args.ceilings = load(args.ceilings)
+        except ValueError as err:
+            raise CliError(f"--ceilings: {err}") from None
+
+
+def run_profile(args):
+    import json
+
+    import minisd.mode as mode
+    from minisd import files, profile
+    from minisd.ceilings import CannotMeasure
+    from minisd.pipeline import MiniSDPipeline
+    from minisd.weights import WeightsError
+
+    check_profile_args(args)
+    print(f"profiling one sampling step at batch {args.batch}, {mode.describe_backend(args.backend)}")
+    try:
+        pipe = MiniSDPipeline.from_pretrained(args.weights, backend=args.backend, log=lambda *a: None)
+    except WeightsError as err:
+        raise CliError(str(err)) from None
+    try:
+        report = profile.profile(pipe, args.batch, args.guidance, args.repeats, args.ceilings)
+    except CannotMeasure as err:
+        raise CliError(str(err)) from None
+    print(profile.table(report))
+    try:
+        print(f"\nwrote {profile.roofline_png(report, args.png)}")
+    except profile.NeedsMatplotlib as err:
+        print(f"\nno {args.png}: {err}")
+    if args.json is not None:
+        files.write_text(args.json, json.dumps(profile.to_json(report), indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def run_info(_args):
     import minisd.mode as mode
 
@@ -184,10 +278,11 @@ def main(argv=None):
         prog="python -m minisd", description="minisd: tiny text-to-image diffusion"
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{sample,info,train,eval,bench,export}"
+        dest="command", required=True, metavar="{sample,info,profile,train,eval,bench,export}"
     )
     sample_parser(sub)
     sub.add_parser("info", help="what this machine runs minisd on")
+    profile_parser(sub)
     # train, eval, bench and export parse their own options
     for name, help_text in [
         ("train", "train minisd in PyTorch"),
@@ -200,7 +295,7 @@ def main(argv=None):
         return run_delegated(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
-        {"sample": run_sample, "info": run_info}[args.command](args)
+        {"sample": run_sample, "info": run_info, "profile": run_profile}[args.command](args)
     except CliError as err:
         err.exit()
     return 0

@@ -1,4 +1,4 @@
-"""Command-line checks shared by sample, eval and train.
+"""Command-line checks shared by sample, eval, train and profile.
 
 Each runs before any slow work (loading the model, sampling, training) and fails with a CliError: one line
 that names the problem and the fix, printed as ``error: ...`` with exit code 2 for a bad command line (as
@@ -70,23 +70,23 @@ def backend(name):
     return name
 
 
-def out_file(out, suffix):
-    """A file we can create: its folder exists (a typo should not silently make new folders) and takes new
-    files now, rather than after minutes of sampling."""
+def out_file(out, suffix, name="out"):
+    """A file we can create (the option --name): its folder exists (a typo should not silently make new
+    folders) and takes new files now, rather than after minutes of sampling."""
     from minisd.files import check_writable
 
-    out = Path(out)
+    flag, out = option(name), Path(out)
     if out.suffix.lower() != suffix:
-        raise CliError(f"--out must name a {suffix} file, got {str(out)!r}", EXIT_USAGE)
+        raise CliError(f"{flag} must name a {suffix} file, got {str(out)!r}", EXIT_USAGE)
     if out.is_dir():
-        raise CliError(f"--out {out} is a folder; name a {suffix} file in it", EXIT_USAGE)
+        raise CliError(f"{flag} {out} is a folder; name a {suffix} file in it", EXIT_USAGE)
     if not out.parent.is_dir():
-        raise CliError(f"--out {out}: the folder {out.parent} does not exist", EXIT_USAGE)
+        raise CliError(f"{flag} {out}: the folder {out.parent} does not exist", EXIT_USAGE)
     try:
         check_writable(out.parent)
     except OSError as err:
         raise CliError(
-            f"--out {out}: cannot create files in {out.parent} ({err.strerror}); choose another folder",
+            f"{flag} {out}: cannot create files in {out.parent} ({err.strerror}); choose another folder",
             EXIT_USAGE,
         ) from None
     return out

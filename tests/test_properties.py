@@ -542,6 +542,21 @@ COMMANDS = {
         {"--onnx": FOLDERS, "--diffusers": FOLDERS, "--weights": WEIGHTS},
         ("minisd.export", "load_model"),
     ),
+    "profile": (
+        {
+            "--backend": st.sampled_from(["numpy", "numba", "cupy", "torch", ""]),
+            "--batch": INTS,
+            "--guidance": NUMBERS,
+            "--repeats": INTS,
+            "--weights": WEIGHTS,
+            "--ceilings": st.sampled_from(["TMP/notes.txt", "TMP/none.json", "TMP", ""]),
+            "--png": st.sampled_from(
+                ["TMP/roofline.png", "TMP/missing/roofline.png", "TMP/roofline.jpg", "TMP"]
+            ),
+            "--json": st.sampled_from(["TMP/profile.json", "TMP/missing/profile.json", "TMP/profile.txt"]),
+        },
+        ("minisd.pipeline", "MiniSDPipeline.from_pretrained"),
+    ),
 }
 
 
@@ -632,6 +647,9 @@ def test_cli_refuses_in_one_line_or_reaches_the_work(command, cli_tmp, data, cap
         (["export"], "refused"),
         (["export", "--onnx", "TMP/notes.txt"], "refused"),
         (["export", "--diffusers", "TMP/new"], "every check passed"),
+        (["profile"], "every check passed"),
+        (["profile", "--batch", "0"], "refused"),
+        (["profile", "--ceilings", "TMP/notes.txt"], "refused"),
     ],
 )
 def test_cli_examples(argv, outcome, cli_tmp, capsys):
