@@ -174,7 +174,7 @@ def run_sample(args):
 
 def profile_parser(sub):
     from minisd.mode import BACKENDS
-    from minisd.pipeline import DEFAULT_GUIDANCE
+    from minisd.pipeline import DEFAULT_GUIDANCE, PRECISIONS
 
     p = sub.add_parser(
         "profile",
@@ -199,6 +199,9 @@ def profile_parser(sub):
     )
     p.add_argument(
         "--repeats", type=int, default=3, help="timed steps; each call's median is reported (default 3)"
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, help="the UNet's arithmetic on CuPy (default: as for sample)"
     )
     p.add_argument("--weights", help="a minisd .safetensors file (default: the trained one)")
     p.add_argument(
@@ -247,7 +250,9 @@ def run_profile(args):
     check_profile_args(args)
     print(f"profiling one sampling step at batch {args.batch}, {mode.describe_backend(args.backend)}")
     try:
-        pipe = MiniSDPipeline.from_pretrained(args.weights, backend=args.backend, log=lambda *a: None)
+        pipe = MiniSDPipeline.from_pretrained(
+            args.weights, backend=args.backend, log=lambda *a: None, precision=args.precision
+        )
     except WeightsError as err:
         raise CliError(str(err)) from None
     try:

@@ -12,6 +12,8 @@
   sqrt(a) ~ 0.006 at t = 999, which would blow a half-precision rounding of x up 160-fold.
 """
 
+import copy
+
 import cupy as cp
 import numpy as np
 
@@ -62,9 +64,20 @@ class HalfPrecisionNet:
     """The four parts minisd.pipeline.Sampler calls, split between float32 and ``precision``."""
 
     def __init__(self, state, arch, ops32, precision):
-        self.arch, self.ops = arch, HalfOps(precision)
+        ops = HalfOps(precision)
+        self.arch = arch
         self.full = Forward(ops32, prepare_params(state, arch, ops32), arch)
-        self.half = Forward(self.ops, prepare_half_params(state, arch, self.ops), arch)
+        self.half = Forward(ops, prepare_half_params(state, arch, ops), arch)
+
+    @property
+    def ops(self):
+        """The half-precision ops the UNet runs on (replace them, e.g. to time every call: minisd.profile)."""
+        return self.half.ops
+
+    @ops.setter
+    def ops(self, ops):
+        self.half = copy.copy(self.half)  # this net's own Forward: a shallow copy of the net shares the other
+        self.half.ops = ops
 
     def text_encoder(self, one_hot):
         return self.full.text_encoder(one_hot)

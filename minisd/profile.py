@@ -17,8 +17,8 @@ the step is timed again with a longer spin (the report counts segments that stil
 What a call counts, from its arrays' shapes and .nbytes (so a half-precision array counts half):
 * bytes: every distinct array argument read once and the result written once, the least any kernel moves;
 * FLOPs, a multiply-add counted as 2 (as torch.utils.flop_counter counts them): conv2d 2·N·O·Ho·Wo·C·kh·kw
-  (the output's size times weight's size over its first axis, O); linear 2·M·N·K; attention 4·B·H·Lq·Lk·D
-  (q·kᵀ and p·v; the softmax is not counted); norms and pointwise ops a few per output element
+  (the output's size times weight's size over its first axis, O); linear 2·M·N·K (linear_geglu: N = 2F);
+  attention and self_attention 4·B·H·Lq·Lk·D (q·kᵀ and p·v; the softmax is not counted); norms and pointwise ops a few per output element
   (PER_ELEMENT, rough: their roof is bandwidth anyway); data movement (concat, tokens, upsample) none.
 """
 
@@ -41,7 +41,8 @@ from minisd.text import tokenize
 
 # calls queued behind one spin: a few hundred launches and events, well inside the queue CUDA keeps
 SEGMENT = 64
-MATRIX_OPS = ("conv2d", "linear", "attention")  # their inputs' dtype picks the matmul roof
+MATRIX_OPS = ("conv2d", "linear", "linear_geglu", "attention", "self_attention")  # their dtype picks the roof
+HALF_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # a pipeline's precision (bf16 arrays are uint16 bits)
 PER_ELEMENT = {  # FLOPs per output element
     "group_norm": 7,  # statistics (sum, sum of squares) 3, normalise 2, scale and shift 2; fused SiLU + SILU
     "layer_norm": 7,
@@ -93,17 +94,31 @@ def _nbytes(a):
     return int(n) if n is not None else math.prod(a.shape) * a.dtype.itemsize
 
 
+def _arrays(values):
+    """The arrays among ``values``; a tuple of arrays (the half path's ChannelConcat) counts as its parts."""
+    for v in values:
+        if _is_array(v):
+            yield v
+        elif isinstance(v, tuple):
+            yield from (a for a in v if _is_array(a))
+
+
 def count(op, args, kwargs, out):
     """The Call of ``op(*args, **kwargs) -> out``, untimed: its shapes, dtype, bytes and FLOPs."""
-    inputs = list({id(a): a for a in (*args, *kwargs.values()) if _is_array(a)}.values())
-    results = [r for r in (out if isinstance(out, tuple | list) else (out,)) if _is_array(r)]
+    inputs = list({id(a): a for a in _arrays((*args, *kwargs.values()))}.values())
+    results = list(_arrays(out if isinstance(out, list) else (out,)))
     size = sum(math.prod(r.shape) for r in results)
-    if op == "conv2d":
-        flops = 2 * size * math.prod(inputs[1].shape[1:])
+    if op == "conv2d":  # the weight's size over its first axis (O): C*kh*kw in either layout
+        weight = args[1] if len(args) > 1 else kwargs["weight"]
+        flops = 2 * size * math.prod(weight.shape[1:])
     elif op == "linear":
         flops = 2 * size * inputs[0].shape[-1]
+    elif op == "linear_geglu":  # the product is 2F wide, then a * gelu(b) per output
+        flops = (4 * inputs[0].shape[-1] + PER_ELEMENT["geglu"]) * size
     elif op == "attention":
         flops = 4 * math.prod(inputs[0].shape) * inputs[1].shape[-2]
+    elif op == "self_attention":  # (B, L, 3*H*D) in, (B, L, H*D) out
+        flops = 4 * size * inputs[0].shape[1]
     else:
         flops = (PER_ELEMENT.get(op, 0) + SILU * (op == "group_norm" and bool(kwargs.get("silu")))) * size
     shapes = tuple(tuple(int(d) for d in a.shape) for a in inputs if len(a.shape) > 1)
@@ -338,7 +353,8 @@ def profile(pipe, batch=1, guidance=DEFAULT_GUIDANCE, repeats=3, ceilings=None):
         batch=batch,
         rows=plan.rows,
         guidance=plan.guidance_scale,
-        dtype=next((c.dtype for c in calls if c.op in MATRIX_OPS), "float32"),
+        dtype=HALF_DTYPES.get(getattr(pipe, "precision", None))
+        or next((c.dtype for c in calls if c.op in MATRIX_OPS), "float32"),
         ceilings=ceilings,
         roofs_origin=origin,
         calls=calls,
