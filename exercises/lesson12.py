@@ -1,4 +1,5 @@
-"""Lesson 12 — performance engineering: occupancy, launch overhead, int8 quantisation, 2:4 pruning."""
+"""Lesson 12 — performance engineering: occupancy, launch overhead, int8 quantisation, 2:4 pruning, fusion,
+CUDA graph replay."""
 
 import math
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 # isort: split
 import numpy as np
 
-from minisd.kernel_backend import cuda
+from minisd.kernel_backend import cuda, float32  # noqa: F401  (float32: constants in your kernels)
 
 
 @dataclass(frozen=True)
@@ -147,3 +148,82 @@ def prune_2_4(w):
     grid, block = _grid2d((w.shape[0], w.shape[1] // 4))
     prune_2_4_kernel[grid, block](w, out)
     return out
+
+
+# Exercise 12.5 — fusion: the GEMM's bias and GEGLU in one pass, on value/gate columns interleaved.
+# GEGLU's projection gives h = x @ w.T + b of width 2F: value = h[:, :F], gate = h[:, F:], out = value·gelu(gate).
+# Unfused, that is three passes over memory (write h, add the bias, GEGLU). In a tensor-core GEMM each thread
+# holds two NEIGHBOURING columns of the accumulator (c0, c1 of lesson 05's fragments): interleave the weight's
+# rows so that value j and gate j are neighbours, and one thread has both in registers to finish the job.
+def interleave_geglu(w, b):
+    """torch's GEGLU projection w (2F, K), b (2F,) — value rows 0..F-1, then gate rows F..2F-1 — reordered
+    value 0, gate 0, value 1, gate 1, ...: row 2j of the result is w[j], row 2j + 1 is w[F + j] (b likewise).
+
+    Returns (w', b') as float32. Raise ValueError unless w is 2-D with an even number of rows and b matches.
+    Hint: one index array, numpy fancy indexing; no loop.
+    """
+    raise NotImplementedError("Exercise 12.5: interleave_geglu")
+
+
+@cuda.jit
+def bias_geglu_kernel(h, bias, out):
+    """out[r, j] = (h[r, 2j] + bias[2j]) · gelu(h[r, 2j+1] + bias[2j+1]): h = x @ w'.T WITHOUT its bias (rows, 2F),
+    bias = b' (2F,), out (rows, F). gelu(v) = 0.5·v·(1 + erf(v/√2)), the exact form (math.erf; float32 constants).
+
+    One thread per output element: j, r = cuda.grid(2) — x walks the features, so neighbouring threads touch
+    neighbouring addresses; guard r < out.shape[0] and j < out.shape[1].
+
+    Graded: the torch float64 GEGLU of the original (not interleaved) weight; per thread two reads of h, two of
+    bias, one write of out; every element of h read once in all; each warp's accesses coalesced.
+    """
+    j, r = cuda.grid(2)
+    # TODO: guard, add the bias to the value and the gate, write value * gelu(gate).
+    pass
+
+
+GEGLU_BLOCK = (32, 8)
+
+
+def bias_geglu(h, bias):
+    """out (rows, F) from h (rows, 2F), the product with interleave_geglu's weight, and its bias (2F,)."""
+    h = np.ascontiguousarray(h, dtype=np.float32)
+    if h.ndim != 2 or h.shape[1] % 2 or np.shape(bias) != (h.shape[1],):
+        raise ValueError(f"bias_geglu takes h (rows, 2F) and bias (2F,), got {h.shape} and {np.shape(bias)}")
+    out = np.full((h.shape[0], h.shape[1] // 2), np.nan, np.float32)
+    grid = (math.ceil(out.shape[1] / GEGLU_BLOCK[0]), math.ceil(out.shape[0] / GEGLU_BLOCK[1]))
+    bias_geglu_kernel[grid, GEGLU_BLOCK](h, np.ascontiguousarray(bias, np.float32), out)
+    return out
+
+
+# Exercise 12.6 — CUDA graphs: one sampling step launched kernel by kernel, or replayed from a graph.
+# work_us is a list: the GPU time of each kernel of the step, in order (they differ: a conv runs far longer
+# than a bias add).
+def eager_step_us(work_us, launch_us):
+    """Microseconds from the first launch to the end of the last kernel when the CPU launches them one by one.
+
+    Launching costs the CPU launch_us per kernel (Python, argument handling, the driver), so kernel k is issued
+    at (k+1)·launch_us; it starts once it is issued AND kernel k−1 has ended, and runs work_us[k].
+    No kernels: 0. Raise ValueError if launch_us or any work_us is negative.
+    Hint: 12.2's loop, with each kernel's own work. A long kernel lets the CPU run ahead: later launches
+    are already waiting when it ends, so a sum of max(launch_us, work) per kernel is wrong.
+    """
+    raise NotImplementedError("Exercise 12.6: eager_step_us")
+
+
+def graph_step_us(work_us, graph_launch_us, per_kernel_us):
+    """The same step replayed from a captured CUDA graph: ONE call costs the CPU graph_launch_us, then the GPU
+    runs the kernels back to back, each after a gap of per_kernel_us (the GPU's own launch latency).
+
+    No kernels: 0. Raise ValueError if any argument (or work_us) is negative.
+    """
+    raise NotImplementedError("Exercise 12.6: graph_step_us")
+
+
+def gpu_bound_kernels(gpu_us, launch_us):
+    """The most kernels a step of gpu_us of GPU work can be split into (equal kernels, launched eagerly at
+    launch_us each) while the GPU stays the bottleneck: each kernel must run at least as long as the CPU
+    needs to launch the next one. 0 if even one kernel is shorter than a launch.
+    Raise ValueError unless launch_us > 0 and gpu_us >= 0.
+    Example: 1000 µs of work, 30 µs per launch (Numba) → 33 kernels; 6 µs (CuPy) → 166.
+    """
+    raise NotImplementedError("Exercise 12.6: gpu_bound_kernels")

@@ -1,4 +1,5 @@
-"""Lesson 12 — performance engineering: occupancy, launch overhead, int8 quantisation, 2:4 pruning."""
+"""Lesson 12 — performance engineering: occupancy, launch overhead, int8 quantisation, 2:4 pruning, fusion,
+CUDA graph replay."""
 
 import math
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import minisd.mode  # noqa: F401  (first: picks the simulator before numba.cuda 
 # isort: split
 import numpy as np
 
-from minisd.kernel_backend import cuda
+from minisd.kernel_backend import cuda, float32
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,65 @@ def prune_2_4(w):
     grid, block = _grid2d((w.shape[0], w.shape[1] // 4))
     prune_2_4_kernel[grid, block](w, out)
     return out
+
+
+# Exercise 12.5 — fusion: the GEMM's bias and GEGLU in one pass, on value/gate columns interleaved.
+def interleave_geglu(w, b):
+    """torch's GEGLU projection (value rows, then gate rows) reordered value 0, gate 0, value 1, gate 1, ..."""
+    w, b = np.asarray(w, np.float32), np.asarray(b, np.float32)
+    if w.ndim != 2 or w.shape[0] % 2 or b.shape != (w.shape[0],):
+        raise ValueError(
+            f"interleave_geglu takes w (2F, K) and b (2F,) with an even 2F, got {w.shape} and {b.shape}"
+        )
+    f = w.shape[0] // 2
+    order = np.stack([np.arange(f), f + np.arange(f)], axis=1).reshape(-1)
+    return w[order], b[order]
+
+
+@cuda.jit
+def bias_geglu_kernel(h, bias, out):
+    j, r = cuda.grid(2)  # x walks the features: neighbouring threads, neighbouring addresses
+    if r < out.shape[0] and j < out.shape[1]:
+        value = h[r, 2 * j] + bias[2 * j]
+        gate = h[r, 2 * j + 1] + bias[2 * j + 1]
+        gelu = float32(0.5) * gate * (float32(1.0) + math.erf(gate * float32(0.7071067811865476)))
+        out[r, j] = value * gelu
+
+
+GEGLU_BLOCK = (32, 8)
+
+
+def bias_geglu(h, bias):
+    """out (rows, F) from h (rows, 2F), the product with interleave_geglu's weight, and its bias (2F,)."""
+    h = np.ascontiguousarray(h, dtype=np.float32)
+    if h.ndim != 2 or h.shape[1] % 2 or np.shape(bias) != (h.shape[1],):
+        raise ValueError(f"bias_geglu takes h (rows, 2F) and bias (2F,), got {h.shape} and {np.shape(bias)}")
+    out = np.full((h.shape[0], h.shape[1] // 2), np.nan, np.float32)
+    grid = (math.ceil(out.shape[1] / GEGLU_BLOCK[0]), math.ceil(out.shape[0] / GEGLU_BLOCK[1]))
+    bias_geglu_kernel[grid, GEGLU_BLOCK](h, np.ascontiguousarray(bias, np.float32), out)
+    return out
+
+
+# Exercise 12.6 — CUDA graphs: one sampling step launched kernel by kernel, or replayed from a graph.
+def eager_step_us(work_us, launch_us):
+    if launch_us < 0 or any(w < 0 for w in work_us):
+        raise ValueError("launch_us and every kernel's work_us must be non-negative")
+    end = 0.0
+    for k, work in enumerate(work_us):
+        end = max((k + 1) * launch_us, end) + work  # issued by the CPU AND the previous kernel done
+    return end
+
+
+def graph_step_us(work_us, graph_launch_us, per_kernel_us):
+    if graph_launch_us < 0 or per_kernel_us < 0 or any(w < 0 for w in work_us):
+        raise ValueError("graph_launch_us, per_kernel_us and every kernel's work_us must be non-negative")
+    if len(work_us) == 0:
+        return 0.0
+    return graph_launch_us + sum(work_us) + len(work_us) * per_kernel_us
+
+
+def gpu_bound_kernels(gpu_us, launch_us):
+    if launch_us <= 0 or gpu_us < 0:
+        raise ValueError(f"launch_us must be positive and gpu_us non-negative, got {launch_us} and {gpu_us}")
+    # n kernels of gpu_us / n each keep the GPU busy while gpu_us / n >= launch_us
+    return int(gpu_us // launch_us)

@@ -1,12 +1,16 @@
-"""Graded tests of lesson 12: occupancy calculator, launch-overhead model, int8 quantisation, 2:4 pruning."""
+"""Graded tests of lesson 12: occupancy calculator, launch-overhead model, int8 quantisation, 2:4 pruning, the
+fused bias + GEGLU epilogue, eager launches vs CUDA graph replay."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import course.grading as grading
+import minisd.mode as mode
+from course import traffic
 from course.grading import Out, assert_close, load
 
 ex = load("lesson12")
@@ -186,3 +190,119 @@ def test_prune_2_4():
     run.budget(writes={"out": 4})  # a group of 4 per thread
     with pytest.raises(ValueError, match="multiple of 4"):
         ex.prune_2_4(np.ones((3, 10), np.float32))
+
+
+@pytest.mark.exercise(
+    "12.5",
+    hints=(
+        "Reorder the weight so that value j and gate j are neighbouring columns of the product, then finish "
+        "each output in one thread: both its inputs, the bias and GELU, one write.",
+        "interleave_geglu: order = [0, F, 1, F + 1, ...] (stack arange(F) and F + arange(F), reshape); kernel: "
+        "j, r = cuda.grid(2); guard; value = h[r, 2j] + bias[2j], gate = h[r, 2j+1] + bias[2j+1]; out[r, j] = "
+        "value * 0.5 * gate * (1 + erf(gate / sqrt 2)).",
+        "order = np.stack([np.arange(f), f + np.arange(f)], axis=1).reshape(-1); return w[order], b[order]. "
+        "Kernel: if r < out.shape[0] and j < out.shape[1]: v = h[r, 2 * j] + bias[2 * j]; g = h[r, 2 * j + 1] + "
+        "bias[2 * j + 1]; out[r, j] = v * (float32(0.5) * g * (float32(1.0) + math.erf(g * float32(0.70710678))))",
+    ),
+)
+def test_bias_geglu_fused_on_interleaved_columns():
+    rows, f, k = 5, 21, 16  # one block of (32, 8) overhangs both axes
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w = (rng.standard_normal((2 * f, k)) / 4).astype(np.float32)
+    b = rng.standard_normal(2 * f).astype(np.float32)
+    wi, bi = ex.interleave_geglu(w.copy(), b.copy())
+    wi, bi = np.asarray(wi), np.asarray(bi)
+    assert wi.shape == w.shape and bi.shape == b.shape, (
+        f"interleave_geglu keeps the shapes: got {wi.shape} and {bi.shape}, expected {w.shape} and {b.shape}"
+    )
+    h = x @ wi.T  # the GEMM, without its bias
+    run = grading.launch(ex.bias_geglu_kernel, (1, 1), (32, 8), h, bi, Out((rows, f)))
+    xt, wt, bt = (torch.from_numpy(a).double() for a in (x, w, b))
+    value, gate = (xt @ wt.T + bt).chunk(2, dim=-1)  # torch's GEGLU, on the weight as torch stores it
+    assert_close(run.out, (value * F.gelu(gate)).numpy(), rtol=1e-5, atol=1e-5, what="bias_geglu_kernel")
+    run.budget(reads={"h": 2, "bias": 2}, writes={"out": 1}, element_reads={"h": 1})
+    run.written_once("out").coalesced(writes=("out",))
+    # a warp reads 64 neighbours of h: 3 segments where a row (42 floats) starts inside one
+    if mode.SIMULATOR:
+        traffic.assert_coalesced(run.arrays["h"], at_most=3)
+    with pytest.raises(ValueError):
+        ex.interleave_geglu(w[:-1], b[:-1])
+
+
+def _eager_oracle(work, launch):
+    """Without a loop: the last kernel ends at max over j of (launch j issued) + (all work from j on), the
+    latest moment from which the GPU never waited for the CPU again."""
+    if not len(work):
+        return 0.0
+    work = np.asarray(work, np.float64)
+    tail = np.cumsum(work[::-1])[::-1]  # work from kernel j to the end
+    return float(np.max((np.arange(len(work)) + 1) * launch + tail))
+
+
+def _steps():
+    """(kernels' work, launch cost) pairs: a UNet-like step (many short kernels, a few long convolutions) at
+    Numba's, CuPy's and no launch cost, and random ones."""
+    unet = list(rng.lognormal(1.0, 0.8, 240))
+    for k in rng.choice(240, 12, replace=False):
+        unet[k] = float(rng.uniform(40, 120))  # a long kernel: the CPU runs ahead while it runs
+    cases = [(unet, 30.0), (unet, 6.0), (unet, 0.0), ([], 5.0), ([7.0], 3.0), ([1.0, 50.0, 1.0, 1.0], 10.0)]
+    for _ in range(15):
+        n = int(rng.integers(1, 60))
+        cases.append((list(rng.uniform(0, 40, n)), float(rng.uniform(0, 40))))
+    return cases
+
+
+@pytest.mark.exercise(
+    "12.6",
+    hints=(
+        "Eager: the CPU issues one kernel per launch time and the GPU runs each when it is issued and the "
+        "previous one has ended. A graph: one call, then the kernels back to back.",
+        "eager: end = 0; for k, w in enumerate(work): end = max((k + 1) * launch, end) + w. graph: "
+        "graph_launch + sum(work) + len(work) * per_kernel (0 for no kernels). gpu_bound_kernels: floor of "
+        "gpu_us / launch_us. Refuse negative numbers.",
+        "eager: for k, w in enumerate(work_us): end = max((k + 1) * launch_us, end) + w; graph: return 0.0 if not "
+        "work_us else graph_launch_us + sum(work_us) + len(work_us) * per_kernel_us; return int(gpu_us // "
+        "launch_us)",
+    ),
+)
+def test_eager_launches_against_graph_replay():
+    for work, launch in _steps():
+        got, want = ex.eager_step_us(list(work), launch), _eager_oracle(work, launch)
+        assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (
+            f"eager_step_us({len(work)} kernels, launch_us={launch:.3g}) = {got}, expected {want}"
+        )
+        replay, per_kernel = float(rng.uniform(2, 20)), float(rng.uniform(0.5, 5))
+        got = ex.graph_step_us(list(work), replay, per_kernel)
+        want = replay + float(np.sum(work)) + len(work) * per_kernel if len(work) else 0.0
+        assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (
+            f"graph_step_us({len(work)} kernels, graph_launch_us={replay:.3g}, per_kernel_us={per_kernel:.3g}) "
+            f"= {got}, expected {want}"
+        )
+    for args in [([1.0, -1.0], 3.0), ([1.0], -3.0)]:
+        with pytest.raises(ValueError):
+            ex.eager_step_us(*args)
+    with pytest.raises(ValueError):
+        ex.graph_step_us([1.0], 3.0, -1.0)
+
+
+@pytest.mark.exercise(
+    "12.6",
+    hints=(
+        "Split a fixed amount of GPU work into more kernels and each gets shorter, while every launch still "
+        "costs the same CPU time.",
+        "The GPU stays busy while each kernel runs at least one launch: gpu_us / n >= launch_us; the largest "
+        "such n is the floor of gpu_us / launch_us.",
+        "if launch_us <= 0 or gpu_us < 0: raise ValueError(...); return int(gpu_us // launch_us)",
+    ),
+)
+def test_gpu_bound_kernels():
+    cases = [(1000, 30), (1000, 6), (1000, 1), (29, 30), (30, 30), (0, 5)]
+    cases += [(int(rng.integers(0, 5000)), int(rng.integers(1, 60))) for _ in range(30)]
+    for gpu, launch in cases:
+        # brute force on the eager model: n equal kernels keep the GPU busy while none waits for a launch
+        want = max((n for n in range(1, gpu + 2) if gpu / n >= launch), default=0)
+        got = ex.gpu_bound_kernels(float(gpu), float(launch))
+        assert got == want, f"gpu_bound_kernels({gpu}, {launch}) = {got}, expected {want}"
+    for args in [(100.0, 0.0), (100.0, -1.0), (-1.0, 5.0)]:
+        with pytest.raises(ValueError):
+            ex.gpu_bound_kernels(*args)
