@@ -65,6 +65,7 @@ COUNTING = {  # the module's docstring, for the JSON
     "per output element": {**PER_ELEMENT, "group_norm with fused SiLU": PER_ELEMENT["group_norm"] + SILU},
 }
 TOP = 10  # slowest calls listed
+SHAPE_ONLY = ("image_size",)  # methods that read a shape and run nothing: not timed
 
 
 # ------------------------------------------------------------------------------------------ one op call
@@ -113,8 +114,8 @@ def count(op, args, kwargs, out):
         flops = 2 * size * math.prod(weight.shape[1:])
     elif op == "linear":
         flops = 2 * size * inputs[0].shape[-1]
-    elif op == "linear_geglu":  # the product is 2F wide, then a * gelu(b) per output
-        flops = (4 * inputs[0].shape[-1] + PER_ELEMENT["geglu"]) * size
+    elif op == "linear_geglu":  # the product, 2F wide (the GEGLU after it, like a softmax, not counted)
+        flops = 4 * inputs[0].shape[-1] * size
     elif op == "attention":
         flops = 4 * math.prod(inputs[0].shape) * inputs[1].shape[-2]
     elif op == "self_attention":  # (B, L, 3*H*D) in, (B, L, H*D) out
@@ -137,7 +138,7 @@ class TimedOps:
 
     def __getattr__(self, name):  # only for names TimedOps itself lacks: every attribute of ops
         value = getattr(self._ops, name)
-        if name.startswith("_") or not callable(value):
+        if name.startswith("_") or not callable(value) or name in SHAPE_ONLY:
             return value
 
         def timed(*args, **kwargs):
