@@ -50,9 +50,9 @@ def model():
     return MiniSD(default_config()).eval()
 
 
-def pipeline(model, backend):
+def pipeline(model, backend, precision=None):
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return MiniSDPipeline(state, model.config, backend=backend, log=lambda *a: None)
+    return MiniSDPipeline(state, model.config, backend=backend, log=lambda *a: None, precision=precision)
 
 
 @pytest.fixture(scope="module")
@@ -369,10 +369,10 @@ def test_cli_gpu_backends_without_a_gpu_are_a_clear_error(backend, capsys):
 @pytest.mark.parametrize("backend", ["numba", "cupy"])
 def test_gpu_profile_counts_what_numpy_counts(model, pipe, backend):
     """On the GPU: CUDA events time every call, the spin held the stream, and the calls, bytes and FLOPs are
-    the numpy path's (the same float32 arrays)."""
+    the numpy path's (the same float32 arrays: CuPy in fp32)."""
     if backend == "cupy" and not mode.has_cupy():
         pytest.skip("needs CuPy")
-    gpu = prof.profile(pipeline(model, backend), 2, 1.5, repeats=2)
+    gpu = prof.profile(pipeline(model, backend, precision="fp32"), 2, 1.5, repeats=2)
     cpu = prof.profile(pipe, 2, 1.5, repeats=1, ceilings=ROOFS)
     assert gpu.timer == "CUDA events" and gpu.gaps == 0 and gpu.device == mode.gpu_name()
     assert [(c.op, c.shapes, c.out, c.bytes, c.flops) for c in gpu.calls] == [
@@ -380,3 +380,14 @@ def test_gpu_profile_counts_what_numpy_counts(model, pipe, backend):
     ]
     assert all(c.seconds > 0 for c in gpu.calls) and gpu.between_s >= 0
     assert gpu.ceilings.matmul["float32"] > 1e12 and gpu.ceilings.bandwidth > 1e11  # any GPU of this decade
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not mode.has_cupy(), reason="needs a CUDA GPU and CuPy")
+def test_gpu_profile_of_the_half_path(model):
+    """bf16: the fused ops are timed, their bytes at 2 bytes a value, against the bf16 matmul roof."""
+    report = prof.profile(pipeline(model, "cupy", precision="bf16"), 2, 1.5, repeats=2)
+    ops = {c.op for c in report.calls}
+    assert {"linear_geglu", "self_attention", "conv2d", "group_norm"} <= ops and "geglu" not in ops
+    assert report.dtype == "bfloat16" and report.gaps == 0
+    assert all(c.seconds > 0 for c in report.calls)
