@@ -72,11 +72,17 @@ def count_calls(monkeypatch, where, name):
     return calls
 
 
-@pytest.mark.parametrize("backend", ["cupy", "numba"])
-def test_replays_give_the_eager_loops_samples(model, backend, monkeypatch):
-    eager = MiniSDPipeline(*model, backend=backend, graphs=False)
+def poison(a):
+    """NaN in every element: float32, or half precision stored as uint16 (0xFFFF is NaN in fp16 and bf16)."""
+    a = cp.asarray(a)
+    a.fill(0xFFFF if a.dtype == cp.uint16 else cp.nan)
+
+
+@pytest.mark.parametrize("backend, precision", [("cupy", "fp32"), ("cupy", "bf16"), ("numba", "fp32")])
+def test_replays_give_the_eager_loops_samples(model, backend, precision, monkeypatch):
+    eager = MiniSDPipeline(*model, backend=backend, precision=precision, graphs=False)
     assert eager.graphs is None
-    graphed = MiniSDPipeline(*model, backend=backend)
+    graphed = MiniSDPipeline(*model, backend=backend, precision=precision)
     assert isinstance(graphed.graphs, GraphedSampler)
     ref = eager.sample(PROMPTS, STEPS, 3.0, seed=5)
     numba_allocations = count_calls(monkeypatch, cuda, "device_array")  # Numba's own memory, not the pool's
@@ -86,7 +92,7 @@ def test_replays_give_the_eager_loops_samples(model, backend, monkeypatch):
             assert len(entry.graphs) == STEPS + 1, "one graph for the prologue, one per step"
             with entry.stream:  # the stream the replay runs on: poisoned before it starts
                 for a in arrays(entry.keep):
-                    cp.asarray(a).fill(cp.nan)
+                    poison(a)
         done = []
         got = graphed.sample(
             PROMPTS, STEPS, 3.0, seed=5, progress=lambda i, n, done=done: done.append((i, n))

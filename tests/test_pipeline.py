@@ -602,7 +602,8 @@ def test_a_warm_numba_sampler_leaves_the_host_alone(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "numba"])
 def test_gpu_backend_matches_numpy(small_weights, backend):
-    """Same seed, same picture: numba and cupy (eager, then CUDA-graph replays) against numpy."""
+    """Same seed, same picture: numba and cupy in fp32 (eager, then CUDA-graph replays) against numpy (the half
+    precision path against fp32: test_half_pipeline.py)."""
     if not mode.ON_GPU or (backend == "cupy" and not mode.has_cupy()):
         pytest.skip(f"backend {backend} needs a GPU" + (" and CuPy" if backend == "cupy" else ""))
     prompts = [
@@ -611,7 +612,7 @@ def test_gpu_backend_matches_numpy(small_weights, backend):
         "a black heart on a green background",
     ]
     ref = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")(prompts, 10, 3.0, seed=5).astype(int)
-    gpu = MiniSDPipeline.from_pretrained(small_weights, backend=backend)
+    gpu = MiniSDPipeline.from_pretrained(small_weights, backend=backend, precision="fp32")
     for run in range(3):  # cupy: eager, capture + replay, replay
         got = gpu(prompts, 10, 3.0, seed=5).astype(int)
         diff = np.abs(got - ref)
