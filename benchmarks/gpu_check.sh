@@ -18,8 +18,13 @@ part_tests() {
   tail -3 "$OUT/logs/exercises_gpu.txt"
   log "unit tests on the GPU (ops, numba kernels, cupy kernels, warp, pipeline)"
   timeout "${TESTS_TIMEOUT:-420}" python -m pytest ${TESTS:-tests} -q -p no:cacheprovider -n "${TESTS_WORKERS:-4}" --ignore=tests/test_notebooks.py \
-    --ignore=tests/test_grading.py -k "not ruff" --tb=short 2>&1 | grep -v "Warning\|warnings.warn" > "$OUT/logs/tests_gpu.txt"
+    --ignore=tests/test_grading.py --ignore=tests/test_half_pipeline.py -k "not ruff" --tb=short 2>&1 \
+    | grep -v "Warning\|warnings.warn" > "$OUT/logs/tests_gpu.txt"
   tail -5 "$OUT/logs/tests_gpu.txt"
+  log "half-precision images against fp32 (the measured differences printed: half.txt)"
+  timeout "${HALF_TIMEOUT:-240}" python -m pytest tests/test_half_pipeline.py -q -s -p no:cacheprovider --tb=short 2>&1 \
+    | grep -E "^(fp16|bf16):|passed|failed|Error" > "$OUT/logs/half.txt"
+  cat "$OUT/logs/half.txt"
 }
 
 part_sanitizer() {
@@ -76,6 +81,9 @@ part_profile() {
       --json "$OUT/profile/cupy_batch$batch.json" --png "$OUT/profile/cupy_batch$batch.png" 2>&1 \
       | tee "$OUT/logs/profile_cupy_batch$batch.txt"
   done
+  log "minisd profile, numba, batch 1 (the learner's backend, lesson 12)"
+  timeout "${PROFILE_TIMEOUT:-300}" python -m minisd profile --backend numba --batch 1 \
+    --json "$OUT/profile/numba_batch1.json" --png "$OUT/profile/numba_batch1.png" 2>    --json "$OUT/profile/numba_batch1.json" 2>&11 | tee "$OUT/logs/profile_numba_batch1.txt"
 }
 
 part_eval() {

@@ -129,31 +129,39 @@ class Forward:
         w, b = self.p[pre + "conv2.weight"], self.p[pre + "conv2.bias"]
         return ops.conv2d(h, w, b, padding=1, residual=shortcut)
 
-    def _attention(self, prefix, tokens, heads, context_kv=None):
-        """diffusers' Attention before to_out: self-attention, or cross-attention with the prompt's k, v."""
-        qkv = self.p.get(prefix + "to_qkv.weight")
-        if context_kv is None and qkv is not None:  # q, k, v packed in one weight: one product, not three
-            return self.ops.self_attention(self.ops.linear(tokens, qkv), heads)
-        q = self.ops.linear(tokens, self.p[prefix + "to_q.weight"])
-        if context_kv is None:
-            k = self.ops.linear(tokens, self.p[prefix + "to_k.weight"])
-            v = self.ops.linear(tokens, self.p[prefix + "to_v.weight"])
-        else:
-            k, v = context_kv
+    def _norm_linear(self, norm, eps, x, prefix, geglu=False):
+        """layer_norm(x) with ``norm``'s weights, then the linear layer ``prefix`` (GEGLU: linear_geglu). One
+        kernel where the params hold the LayerNorm folded into that layer (``prefix + "ln_colsum"``: see
+        minisd.half_precision), two otherwise."""
+        w, b = self.p[prefix + "weight"], self.p.get(prefix + "bias")
+        colsum = self.p.get(prefix + "ln_colsum")
+        if colsum is not None:
+            return self.ops.layer_norm_linear(x, w, b, colsum, eps, geglu=geglu)
+        n = self.ops.layer_norm(x, *self._norm(norm), eps)
+        return self.ops.linear_geglu(n, w, b) if geglu else self.ops.linear(n, w, b)
+
+    def _attention(self, prefix, norm, eps, tokens, heads, context_kv=None):
+        """diffusers' Attention before to_out, on the LayerNorm ``norm`` of ``tokens``: self-attention, or
+        cross-attention with the prompt's k, v."""
+        if context_kv is not None:
+            return self.ops.attention(
+                self._norm_linear(norm, eps, tokens, prefix + "to_q."), *context_kv, heads=heads
+            )
+        if prefix + "to_qkv.weight" in self.p:  # q, k, v packed in one weight: one product, not three
+            return self.ops.self_attention(self._norm_linear(norm, eps, tokens, prefix + "to_qkv."), heads)
+        n = self.ops.layer_norm(tokens, *self._norm(norm), eps)
+        q, k, v = (self.ops.linear(n, self.p[prefix + f"to_{name}.weight"]) for name in "qkv")
         return self.ops.attention(q, k, v, heads=heads)
 
     def transformer_block(self, spec, tokens, kv):
         """BasicTransformerBlock: self-attention, cross-attention to the prompt, GEGLU feed-forward; each
         pre-norm, with a residual."""
-        ops, blk, eps = self.ops, spec.block, spec.layer_norm_eps
-        n = ops.layer_norm(tokens, *self._norm(blk + "norm1."), eps)
-        tokens = self._linear(blk + "attn1.to_out.0.", self._attention(blk + "attn1.", n, spec.heads), tokens)
-        n = ops.layer_norm(tokens, *self._norm(blk + "norm2."), eps)
-        cross = self._attention(blk + "attn2.", n, spec.heads, kv[spec.prefix])
+        blk, eps = spec.block, spec.layer_norm_eps
+        attn = self._attention(blk + "attn1.", blk + "norm1.", eps, tokens, spec.heads)
+        tokens = self._linear(blk + "attn1.to_out.0.", attn, tokens)
+        cross = self._attention(blk + "attn2.", blk + "norm2.", eps, tokens, spec.heads, kv[spec.prefix])
         tokens = self._linear(blk + "attn2.to_out.0.", cross, tokens)
-        n = ops.layer_norm(tokens, *self._norm(blk + "norm3."), eps)
-        proj = blk + "ff.net.0.proj."
-        ff = ops.linear_geglu(n, self.p[proj + "weight"], self.p.get(proj + "bias"))
+        ff = self._norm_linear(blk + "norm3.", eps, tokens, blk + "ff.net.0.proj.", geglu=True)
         return self._linear(blk + "ff.net.2.", ff, tokens)
 
     def transformer_2d(self, spec, x, kv):

@@ -7,7 +7,8 @@
   projections (kept float32: the convolutions add them in their float32 epilogue).
 * Every step, half: the UNet, the same minisd.forward.Forward walking the same architecture, on
   minisd.ops.half_ops.HalfOps with weights from ``prepare_half_params``. The sample enters as float32 NCHW
-  and the noise prediction leaves as float32 NCHW.
+  and the noise prediction leaves as float32 NCHW. Each transformer block's three LayerNorms are folded
+  into the products that read them (HalfOps.layer_norm_linear): no normalised tokens are ever stored.
 * Every step, float32: guidance and the DDIM step. x_0 = (x - sqrt(1 - a) eps) / sqrt(a) divides by
   sqrt(a) ~ 0.006 at t = 999, which would blow a half-precision rounding of x up 160-fold.
 """
@@ -18,7 +19,7 @@ import cupy as cp
 import numpy as np
 
 from minisd.forward import Forward, prepare_params
-from minisd.ops.half_ops import HalfOps, interleave_geglu
+from minisd.ops.half_ops import HalfOps, fold_layer_norm, interleave_geglu
 
 
 def _pad_to_8(a, axis):
@@ -34,7 +35,8 @@ def prepare_half_params(state, arch, ops):
     """The UNet's weights for ``ops`` (a HalfOps): convolutions as (O, kh, kw, C) with C and O padded to
     multiples of 8, linear layers as they are, the GEGLU projection's rows interleaved, self-attention's
     q, k, v weights also stacked into one, all in half; biases and norm weights float32 (conv biases padded
-    like their O)."""
+    like their O). The LayerNorms of the transformer blocks are folded into the layers after them
+    (``_fold_layer_norms``)."""
     params = {}
     for key, value in state.items():
         if not key.startswith("unet."):
@@ -53,11 +55,30 @@ def prepare_half_params(state, arch, ops):
         for t in block.attentions:  # proj_out as a 1x1 convolution (see Forward.transformer_2d)
             w = params[t.prefix + "proj_out.weight"]
             params[t.prefix + "proj_out.weight_1x1"] = w.reshape(w.shape[0], 1, 1, w.shape[1])
-            # self-attention's q, k, v from one product (Forward._attention, HalfOps.self_attention)
-            a = t.block + "attn1."
-            qkv = np.concatenate([state[a + f"to_{name}.weight"] for name in "qkv"]).astype(np.float32)
-            params[a + "to_qkv.weight"] = ops.from_float32(cp.asarray(qkv))
+            _fold_layer_norms(state, t.block, ops, params)
     return params
+
+
+def _fold_layer_norms(state, block, ops, params):
+    """norm1 into self-attention's q, k, v (stacked into one product: HalfOps.self_attention), norm2 into
+    cross-attention's to_q, norm3 into the GEGLU projection: each layer's weight and bias replaced by the
+    folded ones, plus its "ln_colsum" (minisd.forward.Forward._norm_linear uses them)."""
+    a1, a2, ff = block + "attn1.", block + "attn2.", block + "ff.net.0.proj."
+    qkv = np.concatenate([state[a1 + f"to_{name}.weight"] for name in "qkv"])
+    for norm, prefix, weight, bias in (
+        ("norm1.", a1 + "to_qkv.", qkv, None),
+        ("norm2.", a2 + "to_q.", state[a2 + "to_q.weight"], None),
+        ("norm3.", ff, state[ff + "weight"], state[ff + "bias"]),
+    ):
+        weight, bias = fold_layer_norm(
+            state[block + norm + "weight"], state[block + norm + "bias"], weight, bias
+        )
+        if prefix == ff:
+            weight, bias = interleave_geglu(weight), interleave_geglu(bias)
+        half = ops.from_float32(cp.asarray(weight, cp.float32))
+        params[prefix + "weight"], params[prefix + "bias"] = half, cp.asarray(bias, cp.float32)
+        # the sum of the rounded weights the kernel multiplies, so that mean * colsum cancels what x's mean adds
+        params[prefix + "ln_colsum"] = ops.to_float32(half).astype(cp.float64).sum(axis=1).astype(cp.float32)
 
 
 class HalfPrecisionNet:

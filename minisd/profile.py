@@ -17,7 +17,7 @@ the step is timed again with a longer spin (the report counts segments that stil
 What a call counts, from its arrays' shapes and .nbytes (so a half-precision array counts half):
 * bytes: every distinct array argument read once and the result written once, the least any kernel moves;
 * FLOPs, a multiply-add counted as 2 (as torch.utils.flop_counter counts them): conv2d 2·N·O·Ho·Wo·C·kh·kw
-  (the output's size times weight's size over its first axis, O); linear 2·M·N·K (linear_geglu: N = 2F);
+  (the output's size times weight's size over its first axis, O); linear and layer_norm_linear 2·M·N·K (GEGLU: N = 2F);
   attention and self_attention 4·B·H·Lq·Lk·D (q·kᵀ and p·v; the softmax is not counted); norms and pointwise ops a few per output element
   (PER_ELEMENT, rough: their roof is bandwidth anyway); data movement (concat, tokens, upsample) none.
 """
@@ -41,7 +41,14 @@ from minisd.text import tokenize
 
 # calls queued behind one spin: a few hundred launches and events, well inside the queue CUDA keeps
 SEGMENT = 64
-MATRIX_OPS = ("conv2d", "linear", "linear_geglu", "attention", "self_attention")  # their dtype picks the roof
+MATRIX_OPS = (
+    "conv2d",
+    "linear",
+    "linear_geglu",
+    "layer_norm_linear",
+    "attention",
+    "self_attention",
+)  # their dtype picks the roof
 HALF_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # a pipeline's precision (bf16 arrays are uint16 bits)
 PER_ELEMENT = {  # FLOPs per output element
     "group_norm": 7,  # statistics (sum, sum of squares) 3, normalise 2, scale and shift 2; fused SiLU + SILU
@@ -116,6 +123,8 @@ def count(op, args, kwargs, out):
         flops = 2 * size * inputs[0].shape[-1]
     elif op == "linear_geglu":  # the product, 2F wide (the GEGLU after it, like a softmax, not counted)
         flops = 4 * inputs[0].shape[-1] * size
+    elif op == "layer_norm_linear":  # the product (GEGLU: 2F wide); the folded LayerNorm not counted
+        flops = (4 if kwargs.get("geglu") else 2) * inputs[0].shape[-1] * size
     elif op == "attention":
         flops = 4 * math.prod(inputs[0].shape) * inputs[1].shape[-2]
     elif op == "self_attention":  # (B, L, 3*H*D) in, (B, L, H*D) out

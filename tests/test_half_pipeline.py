@@ -1,7 +1,7 @@
 """minisd sampled with the half-precision UNet (minisd/half_precision.py) against the fp32 path. GPU only.
 
 The shipped weights, the same prompts and noise: the UNet's noise prediction and the final images must stay
-close to float32's (the bounds below; what one H200 run measured is in benchmarks/h200/half.txt), and CUDA
+close to float32's (the bounds below; what one H200 run measured is in benchmarks/h200/half.txt, from `bash benchmarks/gpu_check.sh tests`), and CUDA
 graph replay must give what the eager loop gives.
 """
 

@@ -24,7 +24,7 @@ pytestmark = [
 if mode.has_cupy():
     import cupy as cp
 
-    from minisd.ops.half_ops import HalfOps, interleave_geglu
+    from minisd.ops.half_ops import HalfOps, fold_layer_norm, interleave_geglu
 
 # max|out - ref| / max|ref|: one rounding of the output to half (2^-11 fp16, 2^-8 bf16) plus float32 sums
 # of half products and, in attention, P rounded to half before P V.
@@ -135,6 +135,37 @@ def test_linear_geglu(ops, gen, rows, k, f):
     check(ops, ops.linear_geglu(x, w_half, cp.asarray(interleave_geglu(b))), ref, "linear_geglu")
 
 
+@pytest.mark.parametrize("geglu", [False, True])
+@pytest.mark.parametrize("shift", [0.0, 40.0])  # |mean| >> std: mean * colsum must cancel what the mean adds
+@pytest.mark.parametrize("rows, k, o", [(77, 40, 24), (3, 1024, 64), (130, 128, 384)])  # (3, 1024): split K
+def test_layer_norm_linear(ops, gen, rows, k, o, shift, geglu):
+    x, x64 = half(ops, gen, rows, k, scale=2.0, shift=shift)
+    gamma, beta = gen.standard_normal(k) + 1, gen.standard_normal(k)
+    w, b = gen.standard_normal((o, k)) / math.sqrt(k), gen.standard_normal(o)
+    folded_w, folded_b = fold_layer_norm(gamma, beta, w, b)
+    order = interleave_geglu if geglu else (lambda a: a)
+    w_half = ops.from_float32(cp.asarray(order(folded_w), cp.float32))
+    colsum = ops.to_float32(w_half).astype(cp.float64).sum(axis=1).astype(cp.float32)
+    out = ops.layer_norm_linear(x, w_half, cp.asarray(order(folded_b), cp.float32), colsum, 1e-5, geglu=geglu)
+
+    def finish(h):
+        return h[..., : o // 2] * F.gelu(h[..., o // 2 :]) if geglu else h
+
+    what = f"layer_norm_linear {rows}x{k}->{o} shift {shift} geglu {geglu}"
+    # what the kernel reads: the folded half weights (in torch's row order), the LayerNorm without affine
+    w64 = t64(ops, ops.from_float32(cp.asarray(folded_w, cp.float32)))
+    normed = F.layer_norm(x64, (k,), eps=1e-5)
+    check(ops, out, finish(normed @ w64.T + torch.from_numpy(folded_b)), what)
+    # and the layers as the model has them: the fold changes nothing but roundings
+    g64, be64, wt64, bt64 = (torch.from_numpy(np.asarray(a, np.float64)) for a in (gamma, beta, w, b))
+    check(
+        ops,
+        out,
+        finish(F.linear(F.layer_norm(x64, (k,), g64, be64, 1e-5), wt64, bt64)),
+        what + " vs unfolded",
+    )
+
+
 # ------------------------------------------------------------------------------------------- attention
 
 
@@ -209,6 +240,8 @@ def test_refuses_what_it_cannot_do(ops, gen):
     q, _ = half(ops, gen, 1, 4, 48)
     with pytest.raises(ValueError, match="head_dim"):
         ops.attention(q, q, q, 1)
+    with pytest.raises(ValueError, match="colsum"):
+        ops.layer_norm_linear(q, q[0], None, cp.zeros(4, cp.float32))
 
 
 def test_self_attention_reads_packed_qkv(ops, gen):

@@ -143,15 +143,28 @@ class HalfOps:
             ks *= 2
         return 64, 32, ks
 
-    def _gemm(self, x, weight, bias, out, shape, geglu=False, channel_add=None, residual=None):
+    def _gemm(self, x, weight, bias, out, shape, geglu=False, channel_add=None, residual=None, norm=None):
         n, h, w, c, o, kh, kw, stride, pad, ho, wo, up = shape
         if c % 8 or o % 8:
             raise ValueError(f"half-precision products need channels in multiples of 8, got in {c}, out {o}")
         bm, bn, ks = self._plan(n * ho * wo, o, kh * kw * c)
-        kernel = self._kernel("half_gemm.cu", "half_gemm_kernel", bm, bn, self.bf16, int(geglu), ks)
+        kernel = self._kernel(
+            "half_gemm.cu", "half_gemm_kernel", bm, bn, self.bf16, int(geglu), ks, int(bool(norm))
+        )
         grid = (-(-(n * ho * wo) // bm), -(-o // bn), ks)
         x, x2, c1 = _sources(x)
-        args = (x, x2, weight, _ptr(bias), _ptr(channel_add), _ptr(residual), out)
+        colsum, eps = norm or (None, 0.0)
+        args = (
+            x,
+            x2,
+            weight,
+            _ptr(bias),
+            _ptr(colsum),
+            np.float32(eps),
+            _ptr(channel_add),
+            _ptr(residual),
+            out,
+        )
         args += _i32(n, h, w, c, c1, o, kh, kw, stride, pad, ho, wo, up)
         kernel(grid, (THREADS,), args)
         return out
@@ -204,6 +217,22 @@ class HalfOps:
         rows = x.size // k
         out = self._empty((*x.shape[:-1], o // 2))
         return self._gemm(x, weight, bias, out, (1, 1, rows, k, o, 1, 1, 1, 0, 1, rows, 0), geglu=True)
+
+    def layer_norm_linear(self, x, weight, bias, colsum, eps=1e-5, geglu=False):
+        """linear(layer_norm(x), ...) (linear_geglu if ``geglu``) in one kernel, the LayerNorm never stored.
+        Its scale and shift must already be folded into ``weight`` and ``bias`` (``fold_layer_norm``);
+        ``colsum`` (O,) float32 is the sum of each row of that folded half weight."""
+        self._check("x", x)
+        self._check("weight", weight, 2)
+        o, k = weight.shape
+        if x.shape[-1] != k:
+            raise ValueError(f"weight takes {k} features, x has {x.shape[-1]}")
+        if not isinstance(colsum, cp.ndarray) or colsum.dtype != cp.float32 or colsum.shape != (o,):
+            raise ValueError(f"colsum must be a float32 CuPy vector of the weight's {o} rows")
+        rows = x.size // k
+        out = self._empty((*x.shape[:-1], o // 2 if geglu else o))
+        shape = (1, 1, rows, k, o, 1, 1, 1, 0, 1, rows, 0)
+        return self._gemm(x, weight, bias, out, shape, geglu=geglu, norm=(colsum, eps))
 
     # ------------------------------------------------------------------------------------ attention
 
@@ -354,6 +383,16 @@ def _sources(x):
     if isinstance(x, ChannelConcat):
         return x[0], x[1], x[0].shape[3]
     return x, x, x.shape[-1]
+
+
+def fold_layer_norm(norm_weight, norm_bias, weight, bias=None):
+    """LayerNorm(gamma, beta) then linear(W, b) as a LayerNorm without scale and shift then linear(W', b'):
+    W' = W * gamma (each column k scaled), b' = b + W beta. numpy float64 in, float64 out."""
+    weight = np.asarray(weight, np.float64)
+    folded_bias = weight @ np.asarray(norm_bias, np.float64)
+    if bias is not None:
+        folded_bias += bias
+    return weight * np.asarray(norm_weight, np.float64), folded_bias
 
 
 def interleave_geglu(weight):

@@ -14,7 +14,12 @@
 //
 // Fused, so the tensor is written once: the bias, a per-(image, channel) addend (a ResNet's time embedding),
 // a residual of the output's shape, and GEGLU (the weights' rows are interleaved value, gate, value, gate...
-// so one thread's accumulator pair holds both and writes value * gelu(gate)). In the loader: nearest 2x
+// so one thread's accumulator pair holds both and writes value * gelu(gate)).
+// LN = 1: a LayerNorm of the rows before the product, never stored. Its scale and shift are folded into the
+// weights (w[n][k] * gamma[k]) and the bias (b[n] + sum_k w[n][k] * beta[k]) once; what is left per row is
+//   sum_k (x[k] - mean) * rstd * w[n][k] = rstd * (acc[n] - mean * colsum[n]),  colsum[n] = sum_k w[n][k],
+// applied in the epilogue, with mean and rstd from sums of x and x^2 that each warp takes from the A
+// fragments it multiplies anyway (every row's K values pass through exactly one warp). In the loader: nearest 2x
 // upsampling (UP = 1 reads pixel (iy/2, ix/2) of the half-size input, so the upsampled image never exists),
 // and the UNet's skip concatenation (channels below C1 from one image, the rest from another).
 // Needs C, C1 % 8 == 0 (16-byte copies never straddle two taps or images) and O % 8 == 0; the host checks.
@@ -37,11 +42,14 @@ struct HalfStages {
 };
 
 // The multiply-accumulate of one block tile over k-steps [t0, t1), into acc[MT][NT][4].
-template <int BM, int BN, int BF16>
+// LN: also the sums of x and x^2 over the same k of the rows g and g + 8 of each of this lane's 16-row
+// tiles, into rows[mt][0..1] and squares[mt][0..1].
+template <int BM, int BN, int BF16, int LN>
 __device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, const half_t* __restrict__ x2,
                                               const half_t* __restrict__ w,
                                               const ConvShape& s, int m0, int n0, int t0, int t1,
-                                              HalfStages<BM, BN>& sm, float (*acc)[BN / 8][4])
+                                              HalfStages<BM, BN>& sm, float (*acc)[BN / 8][4],
+                                              float (*rows)[2], float (*squares)[2])
 {
     constexpr int MT = BM / 64, NT = BN / 8;           // 16x8 MMA tiles per warp
     constexpr int A_PER = BM / 32, B_PER = BN / 32;    // 16-byte copies per thread per k-step
@@ -100,6 +108,15 @@ __device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, cons
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], &sm.a[st][wm + mt * 16 + lane % 16][kk + lane / 16 * 8]);
+            if (LN)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {  // a[0], a[2]: row g; a[1], a[3]: row g + 8
+                        const float2 f = unpack2<BF16>(a[mt][r]);
+                        rows[mt][r & 1] += f.x + f.y;
+                        squares[mt][r & 1] += f.x * f.x + f.y * f.y;
+                    }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned r[4];
@@ -119,13 +136,18 @@ __device__ __forceinline__ void half_mainloop(const half_t* __restrict__ x, cons
 }
 
 // Finish 8 neighbouring outputs (m, n .. n+7) of the product (tile-global coordinates) and store them with
-// one 16-byte write: bias, addend and residual added in float32, or GEGLU's 4 outputs from 4 (value, gate).
+// one 16-byte write: the LayerNorm (colsum, with row m's mean and rstd), bias, addend and residual in
+// float32, or GEGLU's 4 outputs from 4 (value, gate).
 template <int BF16, int GEGLU>
-__device__ __forceinline__ void half_store8(const ConvShape& s, const float* __restrict__ bias,
+__device__ __forceinline__ void half_store8(const ConvShape& s, const float* __restrict__ colsum, float mean,
+                                            float rstd, const float* __restrict__ bias,
                                             const float* __restrict__ cadd, const half_t* __restrict__ residual,
                                             half_t* __restrict__ out, int m, int n, float* v)
 {
     if (m >= s.N * s.Ho * s.Wo || n >= s.O) return;
+    if (colsum)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = rstd * (v[i] - mean * colsum[n + i]);
     if (bias)
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[i] += bias[n + i];
@@ -153,11 +175,11 @@ __device__ __forceinline__ void half_store8(const ConvShape& s, const float* __r
 // buffers, free by then) so each thread writes 16 contiguous bytes, not a fragment's scattered pairs.
 // KS > 1 (Hopper, small-tile kernels only): the KS blocks of a cluster each multiply a slice of K and add
 // their staged partial tiles through distributed shared memory, as gemm.cu's gemm_tile does: minisd's small
-// images give too few tiles to fill 132 SMs otherwise.
-template <int BM, int BN, int BF16, int GEGLU, int KS>
+// images give too few tiles to fill 132 SMs otherwise (with LN, the row sums of each slice likewise).
+template <int BM, int BN, int BF16, int GEGLU, int KS, int LN>
 __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
     half_gemm_kernel(const half_t* __restrict__ x, const half_t* __restrict__ x2, const half_t* __restrict__ w,
-                     const float* __restrict__ bias,
+                     const float* __restrict__ bias, const float* __restrict__ colsum, float eps,
                      const float* __restrict__ cadd, const half_t* __restrict__ residual, half_t* __restrict__ out,
                      int N, int H, int W, int C, int C1, int O, int KH, int KW, int stride, int pad, int Ho, int Wo,
                      int up)
@@ -172,8 +194,26 @@ __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
     const int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4, wm = threadIdx.x / 32 * (BM / 4);
     const unsigned rank = KS > 1 ? cluster_rank() : 0;
     const int per = (steps + KS - 1) / KS;
-    float acc[MT][NT][4] = {};
-    half_mainloop<BM, BN, BF16>(x, x2, w, s, m0, n0, rank * per, min(steps, (int)(rank + 1) * per), sm, acc);
+    float acc[MT][NT][4] = {}, rows[MT][2] = {}, squares[MT][2] = {};
+    half_mainloop<BM, BN, BF16, LN>(x, x2, w, s, m0, n0, rank * per, min(steps, (int)(rank + 1) * per), sm, acc,
+                                    rows, squares);
+    __shared__ float row_sums[2][LN ? BM : 1];  // LN: each row's sum of x and of x^2 (this block's slice of K)
+    if (LN)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float r = rows[mt][h], q2 = squares[mt][h];
+#pragma unroll
+                for (int off = 1; off < 4; off *= 2) {  // the 4 lanes of a row hold different k
+                    r += __shfl_xor_sync(0xffffffffu, r, off);
+                    q2 += __shfl_xor_sync(0xffffffffu, q2, off);
+                }
+                if (q == 0) {
+                    row_sums[0][wm + mt * 16 + g + 8 * h] = r;
+                    row_sums[1][wm + mt * 16 + g + 8 * h] = q2;
+                }
+            }
 
     __syncthreads();  // every warp is done reading the last stage
 #pragma unroll
@@ -199,7 +239,17 @@ __global__ void CLUSTER_DIMS(KS) __launch_bounds__(HG_THREADS)
                 v[i + 2] += f.z;
                 v[i + 3] += f.w;
             }
-        half_store8<BF16, GEGLU>(s, bias, cadd, residual, out, m0 + m, n0 + n, v);
+        float mean = 0.0f, rstd = 1.0f;
+        if (LN) {
+            float sum = 0.0f, sum2 = 0.0f;
+            for (int r = 0; r < KS; ++r) {
+                sum += KS > 1 ? load_from_block(&row_sums[0][m], r) : row_sums[0][m];
+                sum2 += KS > 1 ? load_from_block(&row_sums[1][m], r) : row_sums[1][m];
+            }
+            mean = sum / s.C;
+            rstd = rsqrtf(fmaxf(sum2 / s.C - mean * mean, 0.0f) + eps);
+        }
+        half_store8<BF16, GEGLU>(s, LN ? colsum : nullptr, mean, rstd, bias, cadd, residual, out, m0 + m, n0 + n, v);
     }
     if (KS > 1) cluster_sync();  // keep our shared memory alive until the other blocks have read it
 }
