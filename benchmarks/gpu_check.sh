@@ -83,7 +83,7 @@ part_profile() {
   done
   log "minisd profile, numba, batch 1 (the learner's backend, lesson 12)"
   timeout "${PROFILE_TIMEOUT:-300}" python -m minisd profile --backend numba --batch 1 \
-    --json "$OUT/profile/numba_batch1.json" --png "$OUT/profile/numba_batch1.png" 2>    --json "$OUT/profile/numba_batch1.json" 2>&11 | tee "$OUT/logs/profile_numba_batch1.txt"
+    --json "$OUT/profile/numba_batch1.json" --png "$OUT/profile/numba_batch1.png" 2>&1 | tee "$OUT/logs/profile_numba_batch1.txt"
 }
 
 part_eval() {
