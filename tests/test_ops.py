@@ -61,7 +61,14 @@ VARIANTS = [  # the corners the default cases miss: (op, variant[, versions]), d
     ("conv2d", {"stride": 2, "bias": False}),
     ("conv2d", {"k": 1, "padding": 0, "shape": (1, 4, 5, 3, 6)}),
     ("conv2d", {"k": 5, "padding": 2, "shape": (1, 2, 6, 5, 3)}),
-    ("conv2d", {"k": 1, "padding": 0, "shape": (1, 2, 3, 3, 33)}, (3, 4)),  # several channel groups / tiles
+    # several channel groups / tiles
+    ("conv2d", {"k": 1, "padding": 0, "shape": (1, 2, 3, 3, 33)}, (3, 4, 5)),
+    # v5's split-K (test_split_k_rule: these do split, the last chunk short): K = 37*9 = 333 in 11 chunks
+    ("conv2d", {"shape": (1, 37, 4, 3, 5)}, (5,)),
+    ("conv2d", {"stride": 2, "padding": 0, "bias": False, "shape": (2, 37, 7, 6, 5)}, (5,)),
+    ("conv2d", {"k": 1, "padding": 0, "shape": (1, 70, 3, 4, 5)}, (5,)),  # K = 70: 32 + 32 + 6
+    ("conv2d", {"shape": (1, 5, 9, 8, 66)}, (5,)),  # 2 x 2 tiles (72 pixels, 66 channels) x 2 splits
+    ("conv2d", {"k": (2, 3), "shape": (1, 11, 5, 4, 3)}),  # kh != kw (v5 carries k -> (c, ky, kx)); 3 splits
     ("group_norm", {"silu": False, "affine": False}),
     ("layer_norm", {"affine": False}),
     (
@@ -70,7 +77,9 @@ VARIANTS = [  # the corners the default cases miss: (op, variant[, versions]), d
         (2, 3),
     ),  # v3: several query blocks (TQ=64), key tiles (TK=32)
     ("attention", {"shape": (1, 5, 1, 1, 4)}),  # a single key
-    ("linear", {"bias": False, "shape": (66, 17, 65)}, (3,)),  # v3: more than one 64x64 tile each way
+    ("linear", {"bias": False, "shape": (66, 17, 65)}, (3, 4)),  # v3: more than one 64x64 tile each way
+    ("linear", {"shape": (21, 333, 19)}, (4,)),  # v4's split-K: 11 chunks, the last 13 long
+    ("linear", {"bias": False, "shape": (70, 45, 66)}, (4,)),  # 2 x 2 tiles x 2 splits
     ("softmax", {"shape": (3, 70)}),
     ("add", {"broadcast": False}),
     ("timestep_embedding", {"flip": False, "shift": 1}),
@@ -87,9 +96,26 @@ VARIANTS = [  # the corners the default cases miss: (op, variant[, versions]), d
         if o == op and (not only or v in only[0])
     ],
 )
-def test_kernel_version_corners(op, variant, version, gen):
+def test_kernel_version_corners(op, variant, version, gen, no_none_launches):
     err, tol = dev.check(op, version, gen, **variant)
     assert err <= tol, f"{op} v{version} {variant}: max relative error {err:.2e} > {tol:.0e}"
+
+
+def test_split_k_rule():
+    """split-K (minisd/ops/numba/common.py) covers K in whole chunks of BK-slices, the last maybe short; the
+    corners above split with a short last chunk; tiles that fill the GPU alone, and a short K, are not split;
+    minisd's batch-1 convolutions (8 and 16 tiles of 64x64) get at least one block per SM."""
+    from minisd.ops.numba.common import TARGET_BLOCKS, split_k
+
+    for tiles in (1, 2, 4, 8, 16, 100, TARGET_BLOCKS):
+        for k in (0, 1, 16, 45, 70, 333, 1152, 2304):
+            splits, chunk = split_k(tiles, k, 16)
+            assert chunk % 16 == 0 and (splits - 1) * chunk < max(k, 1) <= splits * chunk, (tiles, k)
+    for tiles, k in [(1, 333), (1, 70), (4, 45), (1, 50), (1, 66)]:  # the corners' (tiles, K)
+        splits, chunk = split_k(tiles, k, 16)
+        assert splits > 1 and k % chunk, (tiles, k, splits, chunk)
+    assert split_k(TARGET_BLOCKS, 2304, 16)[0] == 1 and split_k(1, 27, 16)[0] == 1
+    assert split_k(8, 2304, 16)[0] * 8 >= 132 and split_k(16, 1152, 16)[0] * 16 >= 132
 
 
 # --- no kernel is ever launched with None -----------------------------------------------------------------

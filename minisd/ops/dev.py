@@ -3,9 +3,9 @@
 The cases of minisd's kernel harness (minisd/ops/harness.py): for each op, fresh random inputs (ragged
 sizes), each version's output poisoned with NaN before it runs, compared with torch in float64 (randn:
 with the numpy generator, bit for bit) by the harness's one error metric. On a GPU it also times each
-version (``harness.time_gpu``) at minisd's real sizes and prints GB/s (memory-bound ops) or TFLOP/s
-(conv2d, linear, attention). In the simulator it only checks, at tiny sizes. ``tests/test_ops.py`` runs
-the same checks for every version.
+version (``harness.time_gpu``) at minisd's real sizes (batch 8; conv2d and linear also at batch 1's, their
+``gpu_variants``) and prints GB/s (memory-bound ops) or TFLOP/s (conv2d, linear, attention). In the
+simulator it only checks, at tiny sizes. ``tests/test_ops.py`` runs the same checks for every version.
 """
 
 import argparse
@@ -31,6 +31,7 @@ class Case:
     reference: Callable  # (torch float64 inputs: dict) -> torch tensor
     flops: Callable = None  # (inputs, out_shape) -> flop count; None: memory-bound, report GB/s
     tol: float = 2e-6  # max |out - ref| / max |ref|; float32 rounding is ~6e-8 per operation
+    gpu_variants: tuple = ()  # variants (minisd's batch-1 shapes) checked and timed on a GPU besides the default
 
 
 def _r(rng, *shape):
@@ -46,9 +47,10 @@ def _pick(full, gpu, sim):
 
 def _conv_make(rng, full, stride=1, padding=1, k=3, bias=True, shape=None):
     n, c, h, w, o = shape or _pick(full, (8, 64, 32, 32, 64), (2, 3, 9, 7, 3))
-    inputs = {"x": _r(rng, n, c, h, w), "w": _r(rng, o, c, k, k), "b": _r(rng, o) if bias else None}
+    kh, kw = (k, k) if isinstance(k, int) else k
+    inputs = {"x": _r(rng, n, c, h, w), "w": _r(rng, o, c, kh, kw), "b": _r(rng, o) if bias else None}
     inputs.update(stride=stride, padding=padding)
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     return inputs, (n, o, ho, wo)
 
 
@@ -180,6 +182,7 @@ CASES = {
         lambda f, i, out: f(i["x"], i["w"], i["b"], out, i["stride"], i["padding"]),
         lambda i: F.conv2d(i["x"], i["w"], i["b"], i["stride"], i["padding"]),
         _conv_flops,
+        gpu_variants=({"shape": (2, 256, 8, 8, 256)}, {"shape": (2, 128, 16, 16, 128)}),  # batch 1, guidance
     ),
     "group_norm": Case(
         _gn_make,
@@ -204,6 +207,8 @@ CASES = {
         lambda f, i, out: f(i["x"], i["w"], i["b"], out),
         lambda i: F.linear(i["x"], i["w"], i["b"]),
         lambda i, o: 2 * math.prod(o) * i["x"].shape[1],
+        # batch 1 with guidance: 2 rows of 8x8 and of 16x16 tokens
+        gpu_variants=({"shape": (128, 256, 768)}, {"shape": (512, 128, 1024)}),
     ),
     "silu": Case(
         _flat_make((1 << 19,), (301,), "x"), lambda f, i, out: f(i["x"], out), lambda i: F.silu(i["x"])
@@ -300,13 +305,13 @@ def check(op, version, rng, full=False, **variant):
     return rel_error(out, ref), case.tol
 
 
-def time_version(op, version, rng):
+def time_version(op, version, rng, **variant):
     """(milliseconds per call, bytes or None, flops or None) at full size, by ``harness.time_gpu``."""
     from minisd.kernel_backend import cuda
     from minisd.ops.numba import VERSIONS
 
     case = CASES[op]
-    inputs, out_shape = case.make(rng, True)
+    inputs, out_shape = case.make(rng, True, **variant)
     out_shape = _out_shape(case, inputs, out_shape)
     dev, out = _to_device(inputs), cuda.device_array(out_shape, np.float32)
     fn = VERSIONS[op][version]
@@ -336,14 +341,16 @@ def main(argv=None):
     for op in args.ops or CASES:
         for version in sorted(VERSIONS[op]):
             rng = np.random.default_rng(abs(hash((op, version))) % 2**32)
-            err, tol = check(op, version, rng, full=timed)
-            ok = err <= tol
-            failed += not ok
-            line = f"{op:<20}{'v' + str(version):>8}{err:>14.2e}"
-            if timed and ok:
-                ms, nbytes, flops = time_version(op, version, rng)
-                line += f"{ms * 1e3:>10.1f}us{throughput(ms, bytes_moved=nbytes, flops=flops):>16}"
-            print(line + ("" if ok else f"   FAILED (tolerance {tol:.0e})"))
+            for variant in ({},) + (CASES[op].gpu_variants if timed else ()):
+                err, tol = check(op, version, rng, full=timed, **variant)
+                ok = err <= tol
+                failed += not ok
+                line = f"{op:<20}{'v' + str(version):>8}{err:>14.2e}"
+                if timed and ok:
+                    ms, nbytes, flops = time_version(op, version, rng, **variant)
+                    line += f"{ms * 1e3:>10.1f}us{throughput(ms, bytes_moved=nbytes, flops=flops):>16}"
+                line += "".join(f"  {k}={v}" for k, v in variant.items())
+                print(line + ("" if ok else f"   FAILED (tolerance {tol:.0e})"))
     if not mode.ON_GPU:
         print("(simulator: checked at tiny sizes; no timings without a GPU)")
     return 1 if failed else 0

@@ -1,5 +1,5 @@
-"""What every Numba kernel file shares: the launch stream, the allocator, grid arithmetic and optional
-arguments.
+"""What every Numba kernel file shares: the launch stream, the allocator, grid arithmetic, optional
+arguments, and split-K's rule and reduction.
 
 (minisd.ops, the package around this one, imports minisd.mode before numba.cuda is imported here: that
 is what switches the simulator on when there is no GPU.)
@@ -60,6 +60,46 @@ def cdiv(n, d):
 def launch1d(kernel, n, *args, tpb=256):
     """One thread per item for ``n`` items (at least one block, so an empty op still launches cleanly)."""
     kernel[max(1, cdiv(n, tpb)), tpb, _stream](*args)
+
+
+# --- split-K: conv2d v5 and linear v4 ----------------------------------------------------------------------
+# A GEMM tiled into few output tiles (batch 1: 128-512 rows) runs on a few of the GPU's SMs while the others
+# idle. Splitting K gives each tile several blocks, each summing one K chunk into its own slice of a scratch
+# array; a second kernel adds the slices in a fixed order (no atomics: every run gives the same bits).
+
+TARGET_BLOCKS = 2 * 132  # two blocks on each of an H100's / H200's 132 SMs
+MIN_CHUNK = 2  # K-slices (BK) a split sums at least: its partial tile costs a write and a read
+
+
+def split_k(tiles, k, bk):
+    """(splits, chunk): K in chunks of ``chunk`` (a multiple of ``bk``), ``splits = cdiv(k, chunk)``.
+
+    The rule: as many splits as bring ``tiles`` blocks up to TARGET_BLOCKS, each at least MIN_CHUNK
+    K-slices long; one split (no scratch, no second kernel) when the tiles alone fill the GPU.
+    """
+    splits = max(1, min(cdiv(TARGET_BLOCKS, max(tiles, 1)), cdiv(k, MIN_CHUNK * bk)))
+    chunk = bk * max(1, cdiv(cdiv(k, splits), bk))  # the last chunk may be shorter
+    return max(1, cdiv(k, chunk)), chunk
+
+
+@cuda.jit
+def _sum_splits(part, has_b, b, inner, out):
+    i = cuda.grid(1)
+    if i >= out.size:
+        return
+    acc = part[0, i]
+    for s in range(1, part.shape[0]):  # always in the same order: deterministic
+        acc += part[s, i]
+    if has_b:
+        acc += b[(i // inner) % b.size]
+    out[i] = acc
+
+
+def sum_splits(part, has_b, b, inner, out):
+    """``out = part.sum(0) + b``, the bias broadcast along the flat index as ``b[(i // inner) % b.size]``
+    (inner = 1: the last axis, as linear; Ho*Wo: the channel axis of NCHW, as conv2d)."""
+    size = out.size
+    launch1d(_sum_splits, size, part.reshape(part.shape[0], size), has_b, b, inner, out.reshape(size))
 
 
 _allocate = None  # None = Numba's own device memory

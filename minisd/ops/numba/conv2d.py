@@ -11,12 +11,23 @@ v4  implicit GEMM: the convolution IS a matrix product out[pixel, o] = sum_k col
     k = (c, ky, kx), so v4 runs linear.py's register-blocked tiling on it, building each BK-slice of the
     im2col matrix in shared memory on the fly (never in global memory). Each thread computes 4 pixels x 2
     channels; consecutive threads own consecutive pixels, so reads of x and writes of out are coalesced.
+v5  v4 made to fill the GPU at batch 1, where 2 x 8 x 8 = 128 pixels make a handful of v4's blocks for
+    132 SMs, each walking K = C*9 = 2304 alone. Split-K: grid.z cuts K into chunks (common.split_k: enough
+    to give the GPU ~2 blocks per SM), each block writes its partial tile to its slice of a scratch array,
+    and common.sum_splits adds the slices in a fixed order, then the bias (no atomics, so a CUDA-graph
+    replay gives the eager run's bits); a single split writes out directly. Register blocking as linear
+    v3's: 64 pixels x 64 channels per block, and per kk each thread copies its 4 pixel values and 4
+    weights from shared memory to registers and does its 16 multiply-adds from there (v4 read shared
+    memory for both operands of every one). No divisions in the K loop: a thread stages the same pixel at
+    every K step (its pixel -> (n, y, x) is divided out once), its k advance by a constant step (k ->
+    (c, ky, kx) is carried along, like adding digits), and the weights are read as the (O, C*kh*kw)
+    matrix they are in memory.
 v2/v3 need the staged patch to fit the static shared arrays (stride <= 2 and kernels up to 5x5 with
-these sizes); other shapes fall back to v1. v4 takes any kernel size and stride.
+these sizes); other shapes fall back to v1. v4 and v5 take any kernel size and stride.
 """
 
 from minisd.kernel_backend import cuda, float32
-from minisd.ops.numba.common import cdiv, get_stream, launch1d, optional
+from minisd.ops.numba.common import cdiv, empty, get_stream, launch1d, optional, split_k, sum_splits
 
 TILE = 8  # output patch per block (TILE x TILE threads); 8 suits the 8-32 px images of minisd
 SH = 24  # staged input patch side: (TILE - 1) * stride + k <= SH
@@ -25,6 +36,9 @@ OB = 4  # output channels per thread in v3
 BP, BO, BK = 64, 32, 16  # v4 block tile: pixels x output channels, and the K-slice staged per step
 RP, RO = BP // 16, BO // 16  # v4 outputs per thread (16x16 threads)
 BPP, BOP = BP + 1, BO + 1  # padded shared rows (shared array shapes must be plain constants)
+BO5 = 64  # v5 block tile: BP pixels x BO5 channels, RP x RO5 outputs per thread
+RO5, BO5P = BO5 // 16, BO5 + 1
+KSTEP = 256 // BP  # v5: k rows of the im2col slice its 256 threads stage at a time
 
 
 @cuda.jit
@@ -241,4 +255,105 @@ def conv2d_v4(x, w, b, out, stride, padding):
     _conv2d_v4[grid, (16, 16), get_stream()](x, w, has_b, b, out, stride, padding)
 
 
-VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4}}
+@cuda.jit
+def _conv2d_v5(x, w, kh, kw, has_b, b, part, stride, padding, chunk):
+    cols = cuda.shared.array((BK, BPP), float32)
+    taps = cuda.shared.array((BK, BO5P), float32)
+    acc = cuda.local.array((RP, RO5), float32)
+    xr = cuda.local.array(RP, float32)
+    wr = cuda.local.array(RO5, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    o_, k_ = w.shape  # w is (O, C*kh*kw): the weights' own memory, k = (c, ky, kx)
+    h, w_ = x.shape[2], x.shape[3]
+    ho, wo = part.shape[3], part.shape[4]
+    npix = part.shape[1] * ho * wo
+    khw = kh * kw
+    p0 = cuda.blockIdx.x * BP
+    o0 = cuda.blockIdx.y * BO5
+    k_begin = cuda.blockIdx.z * chunk  # this block's K chunk
+    k_end = min(k_, k_begin + chunk)
+    # 256 threads stage BP pixels x BK k, KSTEP k at a time. A thread stages the same pixel (cols column) at
+    # every K step, so its pixel -> (n, oy, ox) divisions happen once, here; and the k it stages grow by
+    # KSTEP each time, so k -> (c, ky, kx) is carried along rather than divided out each time (an integer
+    # division costs a GPU tens of instructions, the carry a few).
+    col = tid % BP
+    ps = p0 + col
+    ns = ps // (ho * wo)
+    iy0 = (ps // wo) % ho * stride - padding
+    ix0 = ps % wo * stride - padding
+    k = k_begin + tid // BP
+    c = k // khw
+    ky = (k - c * khw) // kw
+    kx = k - c * khw - ky * kw
+    dc = KSTEP // khw  # KSTEP as (c, ky, kx)
+    dky = (KSTEP - dc * khw) // kw
+    dkx = KSTEP - dc * khw - dky * kw
+    kt = tid % BK  # likewise each thread stages the same k (taps row) of 256 // BK channels
+    for i in range(RP):
+        for j in range(RO5):
+            acc[i, j] = 0.0
+    for k0 in range(k_begin, k_end, BK):
+        for kk in range(tid // BP, BK, KSTEP):
+            v = float32(0.0)
+            if ps < npix and k0 + kk < k_end:
+                iy = iy0 + ky
+                ix = ix0 + kx
+                if 0 <= iy < h and 0 <= ix < w_:
+                    v = x[ns, c, iy, ix]
+            cols[kk, col] = v
+            kx += dkx  # (c, ky, kx) of k + KSTEP: each digit below its base, so one carry at most
+            ky += dky
+            c += dc
+            if kx >= kw:
+                kx -= kw
+                ky += 1
+            if ky >= kh:
+                ky -= kh
+                c += 1
+        for ot in range(tid // BK, BO5, 256 // BK):  # consecutive threads read consecutive k of a filter
+            v = float32(0.0)
+            if o0 + ot < o_ and k0 + kt < k_end:
+                v = w[o0 + ot, k0 + kt]
+            taps[kt, ot] = v
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(RP):  # thread (tx, ty) owns pixels tx + 16i and channels ty + 16j
+                xr[i] = cols[kk, tx + 16 * i]
+            for j in range(RO5):
+                wr[j] = taps[kk, ty + 16 * j]
+            for i in range(RP):
+                for j in range(RO5):
+                    acc[i, j] += xr[i] * wr[j]
+        cuda.syncthreads()
+    for i in range(RP):
+        p = p0 + tx + 16 * i
+        if p < npix:
+            n = p // (ho * wo)
+            q = p - n * (ho * wo)
+            oy = q // wo
+            ox = q - oy * wo
+            for j in range(RO5):
+                o = o0 + ty + 16 * j
+                if o < o_:
+                    r = acc[i, j]
+                    if has_b:
+                        r += b[o]
+                    part[cuda.blockIdx.z, n, o, oy, ox] = r
+
+
+def conv2d_v5(x, w, b, out, stride, padding):
+    n, o, ho, wo = out.shape
+    k = w.size // o
+    tiles = (cdiv(n * ho * wo, BP), cdiv(o, BO5))
+    splits, chunk = split_k(tiles[0] * tiles[1], k, BK)
+    has_b, b = optional(b)
+    part = out.reshape(1, n, o, ho, wo) if splits == 1 else empty((splits, n, o, ho, wo))
+    _conv2d_v5[(*tiles, splits), (16, 16), get_stream()](
+        x, w.reshape(o, k), w.shape[2], w.shape[3], has_b and splits == 1, b, part, stride, padding, chunk
+    )
+    if splits > 1:  # one split wrote out itself, bias included
+        sum_splits(part, has_b, b, ho * wo, out)
+
+
+VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4, 5: conv2d_v5}}

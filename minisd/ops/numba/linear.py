@@ -6,15 +6,20 @@ v2  classic shared-memory tiling: a 16x16 block stages a 16x16 tile of x and of 
     transposed reads free of bank conflicts.
 v3  register blocking: a 16x16 block computes a 64x64 tile, 4x4 outputs per thread, from BK-wide slices
     of x and w in shared memory: each shared value read feeds 4 multiply-adds (4x the math per load).
+v4  v3 plus split-K: at batch 1 the 128-512 token rows make a few dozen 64x64 tiles for 132 SMs, each
+    block walking all of K. grid.z cuts K into chunks (common.split_k: enough to give the GPU ~2 blocks
+    per SM), each block writes its partial tile to its slice of a scratch array, and common.sum_splits
+    adds the slices in a fixed order, then the bias (no atomics: every run gives the same bits); a single
+    split writes out directly, as v3.
 """
 
 from minisd.kernel_backend import cuda, float32
-from minisd.ops.numba.common import cdiv, get_stream, optional
+from minisd.ops.numba.common import cdiv, empty, get_stream, optional, split_k, sum_splits
 
 T2 = 16  # v2 tile
-BM = 64  # v3 block tile (BM x BM outputs)
-BK = 16  # v3 K slice
-RT = 4  # v3 outputs per thread along each axis (BM = 16 * RT)
+BM = 64  # v3/v4 block tile (BM x BM outputs)
+BK = 16  # v3/v4 K slice
+RT = 4  # v3/v4 outputs per thread along each axis (BM = 16 * RT)
 T2P, BMP = T2 + 1, BM + 1  # padded shared rows (shared array shapes must be plain constants)
 
 
@@ -127,4 +132,65 @@ def linear_v3(x, w, b, out):
     _linear_v3[(cdiv(n, BM), cdiv(m, BM)), (16, 16), get_stream()](x, w, has_b, b, out)
 
 
-VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3}}
+@cuda.jit
+def _linear_v4(x, w, has_b, b, part, chunk):
+    xs = cuda.shared.array((BK, BMP), float32)
+    ws = cuda.shared.array((BK, BMP), float32)
+    acc = cuda.local.array((RT, RT), float32)
+    xr = cuda.local.array(RT, float32)
+    wr = cuda.local.array(RT, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BM
+    m_, k_ = x.shape
+    n_ = w.shape[0]
+    k_begin = cuda.blockIdx.z * chunk  # v3's loop over this block's K chunk only
+    k_end = min(k_, k_begin + chunk)
+    for i in range(RT):
+        for j in range(RT):
+            acc[i, j] = 0.0
+    for k0 in range(k_begin, k_end, BK):
+        for e in range(tid, BM * BK, 256):
+            r = e // BK
+            kk = e % BK
+            xv = float32(0.0)
+            if m0 + r < m_ and k0 + kk < k_end:
+                xv = x[m0 + r, k0 + kk]
+            xs[kk, r] = xv
+            wv = float32(0.0)
+            if n0 + r < n_ and k0 + kk < k_end:
+                wv = w[n0 + r, k0 + kk]
+            ws[kk, r] = wv
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(RT):
+                xr[i] = xs[kk, ty + 16 * i]
+                wr[i] = ws[kk, tx + 16 * i]
+            for i in range(RT):
+                for j in range(RT):
+                    acc[i, j] += xr[i] * wr[j]
+        cuda.syncthreads()
+    for i in range(RT):
+        m = m0 + ty + 16 * i
+        for j in range(RT):
+            n = n0 + tx + 16 * j
+            if m < m_ and n < n_:
+                r = acc[i, j]
+                if has_b:
+                    r += b[n]
+                part[cuda.blockIdx.z, m, n] = r
+
+
+def linear_v4(x, w, b, out):
+    m, n = out.shape
+    tiles = (cdiv(n, BM), cdiv(m, BM))
+    splits, chunk = split_k(tiles[0] * tiles[1], x.shape[1], BK)
+    has_b, b = optional(b)
+    part = out.reshape(1, m, n) if splits == 1 else empty((splits, m, n))
+    _linear_v4[(*tiles, splits), (16, 16), get_stream()](x, w, has_b and splits == 1, b, part, chunk)
+    if splits > 1:  # one split wrote out itself, bias included
+        sum_splits(part, has_b, b, 1, out)
+
+
+VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3, 4: linear_v4}}
