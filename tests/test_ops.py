@@ -623,6 +623,8 @@ def test_gpu_cupy_arrays_stay_cupy(gen):
 
 @gpu
 def test_gpu_numba_kernels_in_a_torch_cuda_graph(gen):
+    from minisd.kernel_backend import cuda
+
     x, w = torch.from_numpy(r(gen, 2, 8, 16, 16)).cuda(), torch.from_numpy(r(gen, 8, 8, 3, 3)).cuda()
 
     def block(t):
@@ -633,6 +635,9 @@ def test_gpu_numba_kernels_in_a_torch_cuda_graph(gen):
     stream.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     previous = ops.set_stream(stream)
+    # outputs and split-K scratch from torch's allocator: inside the capture it draws on the graph's own pool
+    # (a cudaMalloc there would break the capture)
+    allocator = ops.set_allocator(lambda shape: cuda.as_cuda_array(torch.empty(shape, device="cuda")))
     try:
         with torch.cuda.stream(stream):
             block(x)  # warm up on the capture stream
@@ -640,6 +645,7 @@ def test_gpu_numba_kernels_in_a_torch_cuda_graph(gen):
                 captured = block(x)
     finally:
         ops.set_stream(previous)
+        ops.set_allocator(allocator)
     x.add_(1.0)
     graph.replay()
     torch.cuda.synchronize()

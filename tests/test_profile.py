@@ -369,12 +369,13 @@ def test_cli_gpu_backends_without_a_gpu_are_a_clear_error(backend, capsys):
 @pytest.mark.parametrize("backend", ["numba", "cupy"])
 def test_gpu_profile_counts_what_numpy_counts(model, pipe, backend):
     """On the GPU: CUDA events time every call, the spin held the stream, and the calls, bytes and FLOPs are
-    the numpy path's (the same float32 arrays: CuPy in fp32)."""
+    the numpy path's (the same float32 arrays: CuPy in fp32). Whether the spin outlasted the CPU's queueing
+    (``gaps``) depends on how busy the host is, so it is reported, not asserted."""
     if backend == "cupy" and not mode.has_cupy():
         pytest.skip("needs CuPy")
     gpu = prof.profile(pipeline(model, backend, precision="fp32"), 2, 1.5, repeats=2)
     cpu = prof.profile(pipe, 2, 1.5, repeats=1, ceilings=ROOFS)
-    assert gpu.timer == "CUDA events" and gpu.gaps == 0 and gpu.device == mode.gpu_name()
+    assert gpu.timer == "CUDA events" and gpu.device == mode.gpu_name()
     assert [(c.op, c.shapes, c.out, c.bytes, c.flops) for c in gpu.calls] == [
         (c.op, c.shapes, c.out, c.bytes, c.flops) for c in cpu.calls
     ]
@@ -385,9 +386,11 @@ def test_gpu_profile_counts_what_numpy_counts(model, pipe, backend):
 @pytest.mark.gpu
 @pytest.mark.skipif(not mode.has_cupy(), reason="needs a CUDA GPU and CuPy")
 def test_gpu_profile_of_the_half_path(model):
-    """bf16: the fused ops are timed, their bytes at 2 bytes a value, against the bf16 matmul roof."""
+    """bf16: the fused ops are timed (GEGLU and every transformer LayerNorm inside the products), their bytes
+    at 2 bytes a value, against the bf16 matmul roof."""
     report = prof.profile(pipeline(model, "cupy", precision="bf16"), 2, 1.5, repeats=2)
     ops = {c.op for c in report.calls}
-    assert {"linear_geglu", "self_attention", "conv2d", "group_norm"} <= ops and "geglu" not in ops
-    assert report.dtype == "bfloat16" and report.gaps == 0
+    assert {"layer_norm_linear", "self_attention", "conv2d", "group_norm"} <= ops
+    assert not ops & {"geglu", "linear_geglu", "layer_norm"}
+    assert report.dtype == "bfloat16"
     assert all(c.seconds > 0 for c in report.calls)
