@@ -23,7 +23,7 @@ part_tests() {
   tail -5 "$OUT/logs/tests_gpu.txt"
   log "half-precision images against fp32 (the measured differences printed: half.txt)"
   timeout "${HALF_TIMEOUT:-240}" python -m pytest tests/test_half_pipeline.py -q -s -p no:cacheprovider --tb=short 2>&1 \
-    | grep -E "^(fp16|bf16):|passed|failed|Error" > "$OUT/logs/half.txt"
+    | grep -oE "(fp16|bf16): .*|[0-9]+ (passed|failed).*|Error.*" > "$OUT/logs/half.txt"
   cat "$OUT/logs/half.txt"
 }
 
