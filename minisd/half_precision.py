@@ -77,8 +77,7 @@ def _fold_layer_norms(state, block, ops, params):
             weight, bias = interleave_geglu(weight), interleave_geglu(bias)
         half = ops.from_float32(cp.asarray(weight, cp.float32))
         params[prefix + "weight"], params[prefix + "bias"] = half, cp.asarray(bias, cp.float32)
-        # the sum of the rounded weights the kernel multiplies, so that mean * colsum cancels what x's mean adds
-        params[prefix + "ln_colsum"] = ops.to_float32(half).astype(cp.float64).sum(axis=1).astype(cp.float32)
+        params[prefix + "ln_colsum"] = ops.layer_norm_colsum(half)
 
 
 class HalfPrecisionNet:

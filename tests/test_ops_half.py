@@ -145,8 +145,8 @@ def test_layer_norm_linear(ops, gen, rows, k, o, shift, geglu):
     folded_w, folded_b = fold_layer_norm(gamma, beta, w, b)
     order = interleave_geglu if geglu else (lambda a: a)
     w_half = ops.from_float32(cp.asarray(order(folded_w), cp.float32))
-    colsum = ops.to_float32(w_half).astype(cp.float64).sum(axis=1).astype(cp.float32)
-    out = ops.layer_norm_linear(x, w_half, cp.asarray(order(folded_b), cp.float32), colsum, 1e-5, geglu=geglu)
+    bias = cp.asarray(order(folded_b), cp.float32)
+    out = ops.layer_norm_linear(x, w_half, bias, ops.layer_norm_colsum(w_half), 1e-5, geglu=geglu)
 
     def finish(h):
         return h[..., : o // 2] * F.gelu(h[..., o // 2 :]) if geglu else h

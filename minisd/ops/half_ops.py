@@ -221,7 +221,7 @@ class HalfOps:
     def layer_norm_linear(self, x, weight, bias, colsum, eps=1e-5, geglu=False):
         """linear(layer_norm(x), ...) (linear_geglu if ``geglu``) in one kernel, the LayerNorm never stored.
         Its scale and shift must already be folded into ``weight`` and ``bias`` (``fold_layer_norm``);
-        ``colsum`` (O,) float32 is the sum of each row of that folded half weight."""
+        ``colsum`` (O,) float32 is the sum of each row of that folded half weight (``layer_norm_colsum``)."""
         self._check("x", x)
         self._check("weight", weight, 2)
         o, k = weight.shape
@@ -233,6 +233,11 @@ class HalfOps:
         out = self._empty((*x.shape[:-1], o // 2 if geglu else o))
         shape = (1, 1, rows, k, o, 1, 1, 1, 0, 1, rows, 0)
         return self._gemm(x, weight, bias, out, shape, geglu=geglu, norm=(colsum, eps))
+
+    def layer_norm_colsum(self, weight):
+        """layer_norm_linear's ``colsum`` for a folded half ``weight`` (O, K): the sums of the rounded values the
+        tensor cores multiply, so that mean * colsum cancels exactly what the rows' mean adds to the product."""
+        return self.to_float32(weight).astype(cp.float64).sum(axis=1).astype(cp.float32)
 
     # ------------------------------------------------------------------------------------ attention
 
