@@ -342,6 +342,7 @@ def ddpm_step(d):  # diffusers' DDPMScheduler.step, epsilon prediction, "fixed_s
 EXACT = {"upsample_nearest2x", "concat_channels", "concat_batch", "to_tokens", "from_tokens"}  # copies
 NO_SPECIALS = {"timestep_embedding"}  # its timesteps are step numbers
 MATMULS = {"conv2d", "linear"}
+PRODUCT_OPERANDS = {"x", "weight"}  # of conv2d, linear and linear_geglu
 
 
 # --- the ops against torch ---------------------------------------------------------------------------
@@ -352,14 +353,16 @@ def _arrays(kwargs):
 
 
 def _inject(d, kwargs):
-    """Special values at 1 to 3 places of one float32 input (in its own layout)."""
+    """Special values at 1 to 3 places of one float32 input (in its own layout); returns its name."""
     names = [k for k in _arrays(kwargs) if kwargs[k].size]
     if not names:
-        return
-    a = kwargs[d.pick(*names)]
+        return None
+    name = d.pick(*names)
+    a = kwargs[name]
     for _ in range(d.draw(st.integers(1, 3))):
         index = tuple(d.draw(st.integers(0, s - 1)) for s in a.shape)
         a[index] = d.draw(st.one_of(st.just(np.nan), st.sampled_from(SPECIALS)))  # NaN half the time
+    return name
 
 
 def _torch(v):
@@ -398,11 +401,11 @@ def _check_op(backend, name, data):
     d = Draw(data.draw, backend)
     kwargs, ref = CASES[name](d)
     specials = name not in NO_SPECIALS and data.draw(st.booleans(), label="specials")
-    if specials:
-        _inject(d, kwargs)
+    special_input = _inject(d, kwargs) if specials else None
     # a documented limitation (minisd/ops/cupy_ops.py): 3xTF32 splits x into big + (x - big), and for
-    # x = +-inf that is inf + NaN, so an infinite input of a matrix product gives NaN, not inf
-    nan_for_inf = specials and backend == "cupy"
+    # x = +-inf that is inf + NaN, so an infinite operand of a matrix product gives NaN, not inf (an
+    # infinite bias or residual is added after the product: it stays inf)
+    nan_for_inf = special_input in PRODUCT_OPERANDS and backend == "cupy"
     torch_kwargs = {k: _torch(v) for k, v in kwargs.items()}
     if nan_for_inf and name == "linear_geglu":  # the product's NaN then goes through the GEGLU
         torch_kwargs["product"] = lambda h: torch.where(h.isinf(), torch.nan, h)

@@ -22,6 +22,10 @@ v5  v4 made to fill the GPU at batch 1, where 2 x 8 x 8 = 128 pixels make a hand
     every K step (its pixel -> (n, y, x) is divided out once), its k advance by a constant step (k ->
     (c, ky, kx) is carried along, like adding digits), and the weights are read as the (O, C*kh*kw)
     matrix they are in memory.
+v6  v5 with the next K-slice's loads in flight while this one is multiplied (linear v5's software
+    pipelining): each thread first gathers its 4 im2col values and 4 weights of a slice into registers,
+    all 8 loads issued together, and gathers slice k+1 right after slice k is in shared memory, so the
+    ~1 us a load takes overlaps the multiply-adds instead of stalling every store to shared memory.
 v2/v3 need the staged patch to fit the static shared arrays (stride <= 2 and kernels up to 5x5 with
 these sizes); other shapes fall back to v1. v4 and v5 take any kernel size and stride.
 """
@@ -39,6 +43,7 @@ BPP, BOP = BP + 1, BO + 1  # padded shared rows (shared array shapes must be pla
 BO5 = 64  # v5 block tile: BP pixels x BO5 channels, RP x RO5 outputs per thread
 RO5, BO5P = BO5 // 16, BO5 + 1
 KSTEP = 256 // BP  # v5: k rows of the im2col slice its 256 threads stage at a time
+PC, PT = BK // KSTEP, BO5 // (256 // BK)  # v6: im2col values and weights each thread stages per slice
 
 
 @cuda.jit
@@ -356,4 +361,111 @@ def conv2d_v5(x, w, b, out, stride, padding):
         sum_splits(part, has_b, b, ho * wo, out)
 
 
-VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4, 5: conv2d_v5}}
+@cuda.jit
+def _conv2d_v6(x, w, kh, kw, has_b, b, part, stride, padding, chunk):
+    cols = cuda.shared.array((BK, BPP), float32)
+    taps = cuda.shared.array((BK, BO5P), float32)
+    acc = cuda.local.array((RP, RO5), float32)
+    xr = cuda.local.array(RP, float32)
+    wr = cuda.local.array(RO5, float32)
+    cn = cuda.local.array(PC, float32)  # the next slice, on its way from global memory
+    tn = cuda.local.array(PT, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    o_, k_ = w.shape
+    h, w_ = x.shape[2], x.shape[3]
+    ho, wo = part.shape[3], part.shape[4]
+    npix = part.shape[1] * ho * wo
+    khw = kh * kw
+    p0 = cuda.blockIdx.x * BP
+    o0 = cuda.blockIdx.y * BO5
+    k_begin = cuda.blockIdx.z * chunk
+    k_end = min(k_, k_begin + chunk)
+    col = tid % BP  # as v5: one pixel per thread, its k carried along as (c, ky, kx)
+    ps = p0 + col
+    ns = ps // (ho * wo)
+    iy0 = (ps // wo) % ho * stride - padding
+    ix0 = ps % wo * stride - padding
+    k = k_begin + tid // BP
+    c = k // khw
+    ky = (k - c * khw) // kw
+    kx = k - c * khw - ky * kw
+    dc = KSTEP // khw
+    dky = (KSTEP - dc * khw) // kw
+    dkx = KSTEP - dc * khw - dky * kw
+    kt = tid % BK
+    for i in range(RP):
+        for j in range(RO5):
+            acc[i, j] = 0.0
+    for k0 in range(k_begin, k_end + BK, BK):  # one pass more: the last one only stores
+        if k0 > k_begin:  # slice k0 - BK into shared memory; it is multiplied below while slice k0 loads
+            for q in range(PC):
+                cols[tid // BP + q * KSTEP, col] = cn[q]
+            for q in range(PT):
+                taps[kt, tid // BK + q * (256 // BK)] = tn[q]
+            cuda.syncthreads()
+        if k0 < k_end:
+            for q in range(PC):
+                v = float32(0.0)
+                if ps < npix and k0 + tid // BP + q * KSTEP < k_end:
+                    iy = iy0 + ky
+                    ix = ix0 + kx
+                    if 0 <= iy < h and 0 <= ix < w_:
+                        v = x[ns, c, iy, ix]
+                cn[q] = v
+                kx += dkx
+                ky += dky
+                c += dc
+                if kx >= kw:
+                    kx -= kw
+                    ky += 1
+                if ky >= kh:
+                    ky -= kh
+                    c += 1
+            for q in range(PT):
+                ot = tid // BK + q * (256 // BK)
+                v = float32(0.0)
+                if o0 + ot < o_ and k0 + kt < k_end:
+                    v = w[o0 + ot, k0 + kt]
+                tn[q] = v
+        if k0 > k_begin:
+            for kk in range(BK):
+                for i in range(RP):
+                    xr[i] = cols[kk, tx + 16 * i]
+                for j in range(RO5):
+                    wr[j] = taps[kk, ty + 16 * j]
+                for i in range(RP):
+                    for j in range(RO5):
+                        acc[i, j] += xr[i] * wr[j]
+            cuda.syncthreads()
+    for i in range(RP):
+        p = p0 + tx + 16 * i
+        if p < npix:
+            n = p // (ho * wo)
+            q = p - n * (ho * wo)
+            oy = q // wo
+            ox = q - oy * wo
+            for j in range(RO5):
+                o = o0 + ty + 16 * j
+                if o < o_:
+                    r = acc[i, j]
+                    if has_b:
+                        r += b[o]
+                    part[cuda.blockIdx.z, n, o, oy, ox] = r
+
+
+def conv2d_v6(x, w, b, out, stride, padding):
+    n, o, ho, wo = out.shape
+    k = w.size // o
+    tiles = (cdiv(n * ho * wo, BP), cdiv(o, BO5))
+    splits, chunk = split_k(tiles[0] * tiles[1], k, BK)
+    has_b, b = optional(b)
+    part = out.reshape(1, n, o, ho, wo) if splits == 1 else empty((splits, n, o, ho, wo))
+    _conv2d_v6[(*tiles, splits), (16, 16), get_stream()](
+        x, w.reshape(o, k), w.shape[2], w.shape[3], has_b and splits == 1, b, part, stride, padding, chunk
+    )
+    if splits > 1:
+        sum_splits(part, has_b, b, ho * wo, out)
+
+
+VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4, 5: conv2d_v5, 6: conv2d_v6}}

@@ -11,6 +11,11 @@ v4  v3 plus split-K: at batch 1 the 128-512 token rows make a few dozen 64x64 ti
     per SM), each block writes its partial tile to its slice of a scratch array, and common.sum_splits
     adds the slices in a fixed order, then the bias (no atomics: every run gives the same bits); a single
     split writes out directly, as v3.
+v5  v4 with the loads of the next K-slice in flight while this one is multiplied. In v4 each thread
+    loads a value from global memory and stores it to shared memory, then loads the next: every store
+    waits for its load (~1 us), and a block at batch 1 waits for little else. v5 first loads all its
+    values of a slice into registers (8 loads in flight at once), and loads slice k+1 into those
+    registers right after slice k is in shared memory, so the wait overlaps the multiply-adds.
 """
 
 from minisd.kernel_backend import cuda, float32
@@ -20,6 +25,7 @@ T2 = 16  # v2 tile
 BM = 64  # v3/v4 block tile (BM x BM outputs)
 BK = 16  # v3/v4 K slice
 RT = 4  # v3/v4 outputs per thread along each axis (BM = 16 * RT)
+PER = BM * BK // 256  # v5: values of x (and of w) each thread stages per K-slice
 T2P, BMP = T2 + 1, BM + 1  # padded shared rows (shared array shapes must be plain constants)
 
 
@@ -193,4 +199,69 @@ def linear_v4(x, w, b, out):
         sum_splits(part, has_b, b, 1, out)
 
 
-VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3, 4: linear_v4}}
+@cuda.jit
+def _linear_v5(x, w, has_b, b, part, chunk):
+    xs = cuda.shared.array((BK, BMP), float32)
+    ws = cuda.shared.array((BK, BMP), float32)
+    acc = cuda.local.array((RT, RT), float32)
+    xr = cuda.local.array(RT, float32)
+    wr = cuda.local.array(RT, float32)
+    xn = cuda.local.array(PER, float32)  # the next slice, on its way from global memory
+    wn = cuda.local.array(PER, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * 16 + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BM
+    m_, k_ = x.shape
+    n_ = w.shape[0]
+    k_begin = cuda.blockIdx.z * chunk
+    k_end = min(k_, k_begin + chunk)
+    r0 = tid // BK  # this thread stages rows r0, r0 + 16, ... at column kk of every slice
+    kk = tid % BK
+    for i in range(RT):
+        for j in range(RT):
+            acc[i, j] = 0.0
+    for k0 in range(k_begin, k_end + BK, BK):  # one pass more: the last one only multiplies
+        if k0 > k_begin:  # slice k0 - BK into shared memory; it is multiplied below while slice k0 loads
+            for p in range(PER):
+                xs[kk, r0 + p * (256 // BK)] = xn[p]
+                ws[kk, r0 + p * (256 // BK)] = wn[p]
+            cuda.syncthreads()
+        if k0 < k_end:  # issue slice k0's loads; nothing reads these registers before the next pass
+            for p in range(PER):
+                r = r0 + p * (256 // BK)
+                ok = k0 + kk < k_end
+                xn[p] = x[m0 + r, k0 + kk] if ok and m0 + r < m_ else float32(0.0)
+                wn[p] = w[n0 + r, k0 + kk] if ok and n0 + r < n_ else float32(0.0)
+        if k0 > k_begin:
+            for q in range(BK):
+                for i in range(RT):
+                    xr[i] = xs[q, ty + 16 * i]
+                    wr[i] = ws[q, tx + 16 * i]
+                for i in range(RT):
+                    for j in range(RT):
+                        acc[i, j] += xr[i] * wr[j]
+            cuda.syncthreads()
+    for i in range(RT):
+        m = m0 + ty + 16 * i
+        for j in range(RT):
+            n = n0 + tx + 16 * j
+            if m < m_ and n < n_:
+                r = acc[i, j]
+                if has_b:
+                    r += b[n]
+                part[cuda.blockIdx.z, m, n] = r
+
+
+def linear_v5(x, w, b, out):
+    m, n = out.shape
+    tiles = (cdiv(n, BM), cdiv(m, BM))
+    splits, chunk = split_k(tiles[0] * tiles[1], x.shape[1], BK)
+    has_b, b = optional(b)
+    part = out.reshape(1, m, n) if splits == 1 else empty((splits, m, n))
+    _linear_v5[(*tiles, splits), (16, 16), get_stream()](x, w, has_b and splits == 1, b, part, chunk)
+    if splits > 1:
+        sum_splits(part, has_b, b, 1, out)
+
+
+VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3, 4: linear_v4, 5: linear_v5}}
