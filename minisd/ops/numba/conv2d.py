@@ -348,13 +348,18 @@ def _conv2d_v5(x, w, kh, kw, has_b, b, part, stride, padding, chunk):
 
 
 def conv2d_v5(x, w, b, out, stride, padding):
+    _conv2d_split_k(_conv2d_v5, x, w, b, out, stride, padding)
+
+
+def _conv2d_split_k(kernel, x, w, b, out, stride, padding):
+    """Launch v5's or v6's kernel over the split-K grid, then add the splits (v5 and v6 differ only inside)."""
     n, o, ho, wo = out.shape
     k = w.size // o
     tiles = (cdiv(n * ho * wo, BP), cdiv(o, BO5))
     splits, chunk = split_k(tiles[0] * tiles[1], k, BK)
     has_b, b = optional(b)
     part = out.reshape(1, n, o, ho, wo) if splits == 1 else empty((splits, n, o, ho, wo))
-    _conv2d_v5[(*tiles, splits), (16, 16), get_stream()](
+    kernel[(*tiles, splits), (16, 16), get_stream()](
         x, w.reshape(o, k), w.shape[2], w.shape[3], has_b and splits == 1, b, part, stride, padding, chunk
     )
     if splits > 1:  # one split wrote out itself, bias included
@@ -455,17 +460,7 @@ def _conv2d_v6(x, w, kh, kw, has_b, b, part, stride, padding, chunk):
 
 
 def conv2d_v6(x, w, b, out, stride, padding):
-    n, o, ho, wo = out.shape
-    k = w.size // o
-    tiles = (cdiv(n * ho * wo, BP), cdiv(o, BO5))
-    splits, chunk = split_k(tiles[0] * tiles[1], k, BK)
-    has_b, b = optional(b)
-    part = out.reshape(1, n, o, ho, wo) if splits == 1 else empty((splits, n, o, ho, wo))
-    _conv2d_v6[(*tiles, splits), (16, 16), get_stream()](
-        x, w.reshape(o, k), w.shape[2], w.shape[3], has_b and splits == 1, b, part, stride, padding, chunk
-    )
-    if splits > 1:
-        sum_splits(part, has_b, b, ho * wo, out)
+    _conv2d_split_k(_conv2d_v6, x, w, b, out, stride, padding)
 
 
 VERSIONS = {"conv2d": {1: conv2d_v1, 2: conv2d_v2, 3: conv2d_v3, 4: conv2d_v4, 5: conv2d_v5, 6: conv2d_v6}}

@@ -89,11 +89,12 @@ def group_norm_v1(x, groups, weight, bias, eps, silu, out):
 
 
 @cuda.jit(device=True)
-def _block_sum(buf, t, v):
-    """Sum ``v`` over the block through shared ``buf``; every thread gets the total."""
+def _block_sum(buf, t, nt, v):
+    """Sum ``v`` over the block of ``nt`` threads (a power of two) through shared ``buf``; every thread gets
+    the total."""
     buf[t] = v
     cuda.syncthreads()
-    step = TPB // 2
+    step = nt // 2
     while step > 0:
         if t < step:
             buf[t] += buf[t + step]
@@ -116,12 +117,12 @@ def _group_norm_v2(x, groups, has_weight, weight, has_bias, bias, eps, silu, out
     s = float32(0.0)
     for j in range(t, m, TPB):
         s += x[n, c0 + j // l_, j % l_]
-    mean = _block_sum(buf, t, s) / float32(m)
+    mean = _block_sum(buf, t, TPB, s) / float32(m)
     s = float32(0.0)
     for j in range(t, m, TPB):
         d = x[n, c0 + j // l_, j % l_] - mean
         s += d * d
-    rstd = float32(1.0) / math.sqrt(_block_sum(buf, t, s) / float32(m) + eps)
+    rstd = float32(1.0) / math.sqrt(_block_sum(buf, t, TPB, s) / float32(m) + eps)
     for j in range(t, m, TPB):
         c = c0 + j // l_
         out[n, c, j % l_] = _finish(x[n, c, j % l_], mean, rstd, c, has_weight, weight, has_bias, bias, silu)
@@ -186,22 +187,6 @@ def group_norm_v3(x, groups, weight, bias, eps, silu, out):
     _group_norm_v3[x.shape[0] * groups, TPB, get_stream()](*args)
 
 
-@cuda.jit(device=True)
-def _block_sum_n(buf, t, nt, v):
-    """_block_sum for a block of ``nt`` threads, a power of two known only at launch."""
-    buf[t] = v
-    cuda.syncthreads()
-    step = nt // 2
-    while step > 0:
-        if t < step:
-            buf[t] += buf[t + step]
-        cuda.syncthreads()
-        step //= 2
-    total = buf[0]
-    cuda.syncthreads()
-    return total
-
-
 @cuda.jit
 def _group_norm_v4(x, groups, has_weight, weight, has_bias, bias, eps, silu, out):
     buf = cuda.shared.array(MAX_TPB, float32)
@@ -221,13 +206,13 @@ def _group_norm_v4(x, groups, has_weight, weight, has_bias, bias, eps, silu, out
             v = x[n, c0 + j // l_, j % l_]
         vals[r] = v
         s += v
-    mean = _block_sum_n(buf, t, nt, s) / float32(m)
+    mean = _block_sum(buf, t, nt, s) / float32(m)
     s = float32(0.0)
     for r in range(PER_THREAD):
         if t + r * nt < m:
             d = vals[r] - mean
             s += d * d
-    rstd = float32(1.0) / math.sqrt(_block_sum_n(buf, t, nt, s) / float32(m) + eps)
+    rstd = float32(1.0) / math.sqrt(_block_sum(buf, t, nt, s) / float32(m) + eps)
     for r in range(PER_THREAD):
         j = t + r * nt
         if j < m:

@@ -189,12 +189,17 @@ def _linear_v4(x, w, has_b, b, part, chunk):
 
 
 def linear_v4(x, w, b, out):
+    _linear_split_k(_linear_v4, x, w, b, out)
+
+
+def _linear_split_k(kernel, x, w, b, out):
+    """Launch v4's or v5's kernel over the split-K grid, then add the splits (v4 and v5 differ only inside)."""
     m, n = out.shape
     tiles = (cdiv(n, BM), cdiv(m, BM))
     splits, chunk = split_k(tiles[0] * tiles[1], x.shape[1], BK)
     has_b, b = optional(b)
     part = out.reshape(1, m, n) if splits == 1 else empty((splits, m, n))
-    _linear_v4[(*tiles, splits), (16, 16), get_stream()](x, w, has_b and splits == 1, b, part, chunk)
+    kernel[(*tiles, splits), (16, 16), get_stream()](x, w, has_b and splits == 1, b, part, chunk)
     if splits > 1:  # one split wrote out itself, bias included
         sum_splits(part, has_b, b, 1, out)
 
@@ -254,14 +259,7 @@ def _linear_v5(x, w, has_b, b, part, chunk):
 
 
 def linear_v5(x, w, b, out):
-    m, n = out.shape
-    tiles = (cdiv(n, BM), cdiv(m, BM))
-    splits, chunk = split_k(tiles[0] * tiles[1], x.shape[1], BK)
-    has_b, b = optional(b)
-    part = out.reshape(1, m, n) if splits == 1 else empty((splits, m, n))
-    _linear_v5[(*tiles, splits), (16, 16), get_stream()](x, w, has_b and splits == 1, b, part, chunk)
-    if splits > 1:
-        sum_splits(part, has_b, b, 1, out)
+    _linear_split_k(_linear_v5, x, w, b, out)
 
 
 VERSIONS = {"linear": {1: linear_v1, 2: linear_v2, 3: linear_v3, 4: linear_v4, 5: linear_v5}}
