@@ -1,0 +1,42 @@
+"""The scenes' tokenizer: one token per word of minisd.scenes' grammar (30 words with <pad>).
+
+The first 17 words are minisd.text's, in its order, so the 32x32 model's vocabulary is a prefix of this one.
+A prompt is parsed before it is tokenized (``scenes.parse``: the one gate), so the text encoder only ever
+reads canonical sentences; "" is all <pad>, the unconditional prompt for guidance.
+
+    tokenize(["a big red star on the left on a white background"])  ->  int64 (1, MAX_LENGTH), 0-padded
+"""
+
+import numpy as np
+
+from minisd import scenes
+from minisd.data import COLORS, SHAPES
+
+PAD = "<pad>"
+_PHRASE_WORDS = [
+    word for phrase in [*scenes.PLACES.values(), *scenes.RELATIONS.values()] for word in phrase.split()
+]
+VOCAB = list(dict.fromkeys([PAD, "a", "on", "background", *COLORS, *SHAPES, *scenes.SIZES, *_PHRASE_WORDS]))
+TOKEN_IDS = {word: i for i, word in enumerate(VOCAB)}
+MAX_LENGTH = (
+    14  # "a small red star left of a big blue circle on a white background" (tests check it is the longest)
+)
+
+
+def tokenize(prompts):
+    """A prompt or a list of prompts -> int64 token ids (N, MAX_LENGTH); PromptError for one outside the grammar."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = np.zeros((len(prompts), MAX_LENGTH), dtype=np.int64)  # 0 is <pad>
+    for row, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {row} is a {type(prompt).__name__}, expected a str")
+        if scenes.words_of(prompt):
+            words = scenes.parse(prompt).prompt.split()
+            ids[row, : len(words)] = [TOKEN_IDS[word] for word in words]
+    return ids
+
+
+def detokenize(ids):
+    """Token ids (N, MAX_LENGTH) -> canonical prompts, dropping <pad> (all <pad> gives "")."""
+    return [" ".join(VOCAB[i] for i in row if i != 0) for row in np.asarray(ids)]
