@@ -182,9 +182,8 @@ def measure(vae, images, chunk=256):
 
 
 def prepare(args, config):
-    """Every check, then the run's folder and the model (resumed or new); ``config`` ({"vae": ...}) for a
-    new run, where None is minisd's autoencoder (a resumed run keeps its checkpoint's)."""
-    check_args(args)
+    """The run's folder and the model (resumed or new), once ``check_args`` passed; ``config``
+    ({"vae": ...}) for a new run, where None is minisd's autoencoder (a resumed run keeps its checkpoint's)."""
     out, resumed = train.open_run(args, WEIGHTS)
     torch.manual_seed(args.seed)  # a new run's initial weights
     try:
@@ -199,6 +198,7 @@ def train_vae(args, make_batch=None, config=None):
 
     ``make_batch`` draws the images (default: minisd.scenes.make_batch); ``config`` builds a new run's
     autoencoder (default: minisd's)."""
+    check_args(args)  # every option, then the data and the --resume file, before a file is written
     make_batch = make_batch or scenes_batches()
     out, model, ema, step, elapsed_before = prepare(args, config)
     device = torch.device(args.device)
