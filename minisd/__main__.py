@@ -1,4 +1,4 @@
-"""``python -m minisd {sample,info,profile,train,eval,bench,export}`` (also installed as the ``minisd`` command).
+"""``python -m minisd {sample,info,profile,train,train-vae,eval,bench,export}`` (also installed as the ``minisd`` command).
 
 python -m minisd sample --prompt "a red circle on a blue background" --num-images 4 --out grid.png
 python -m minisd info
@@ -283,20 +283,21 @@ def main(argv=None):
         prog="python -m minisd", description="minisd: tiny text-to-image diffusion"
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{sample,info,profile,train,eval,bench,export}"
+        dest="command", required=True, metavar="{sample,info,profile,train,train-vae,eval,bench,export}"
     )
     sample_parser(sub)
     sub.add_parser("info", help="what this machine runs minisd on")
     profile_parser(sub)
-    # train, eval, bench and export parse their own options
+    # train, train-vae, eval, bench and export parse their own options
     for name, help_text in [
         ("train", "train minisd in PyTorch"),
+        ("train-vae", "train the autoencoder of a latent minisd in PyTorch"),
         ("eval", "score how well minisd follows its prompts"),
         ("bench", "time sampling on every backend"),
         ("export", "write minisd as ONNX or in diffusers' layout"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)
-    if argv and argv[0] in ("train", "eval", "bench", "export"):
+    if argv and argv[0] in ("train", "train-vae", "eval", "bench", "export"):
         return run_delegated(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
@@ -309,6 +310,8 @@ def main(argv=None):
 def run_delegated(command, argv):
     if command == "train":
         from minisd.train import main as command_main
+    elif command == "train-vae":
+        from minisd.train_vae import main as command_main
     elif command == "eval":
         from minisd.evaluate import main as command_main
     elif command == "export":

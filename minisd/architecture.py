@@ -12,9 +12,15 @@ The "unet" section is a diffusers ``UNet2DConditionModel`` config and the "sched
 ``DDIMScheduler`` config, both readable by diffusers as they are (``from_config``). Mind diffusers' naming:
 its ``attention_head_dim`` is the number of heads of each block (minisd's (1, 2, 4): 32 channels per head).
 The "text_encoder" section is minisd's own (a CLIP-like encoder, no diffusers class).
+
+An optional "vae" section is a diffusers ``AutoencoderKL`` config (``default_vae_config()``): the
+autoencoder of a latent minisd, 64x64 images to 4x16x16 latents and back. The pixel-space model of today
+has none, so ``read`` gives ``Architecture.vae = None`` for it; ``read_vae`` reads the section alone (a
+weights file of the autoencoder only, as minisd/train_vae.py writes).
 """
 
 import copy
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -24,6 +30,7 @@ from minisd.text import MAX_LENGTH, VOCAB
 TRANSFORMER_GROUP_NORM_EPS = 1e-6  # Transformer2DModel's GroupNorm in front of proj_in
 TRANSFORMER_LAYER_NORM_EPS = 1e-5  # BasicTransformerBlock's three LayerNorms
 FF_MULT = 4  # FeedForward's hidden width, in multiples of the channels (GEGLU doubles it for the gate)
+VAE_NORM_EPS = 1e-6  # every GroupNorm of AutoencoderKL's Encoder and Decoder (resnets, attention, output)
 
 # minisd's choices for the scheduler; default_config() stores every other DDIMScheduler setting too.
 SCHEDULER = {
@@ -64,11 +71,43 @@ _CONFIG = {
 }
 
 
+# The autoencoder, small enough to train in minutes on one GPU and for the numpy backend to decode 4 images
+# in 0.17 s on 2 CPU cores (954,567 parameters). Every key diffusers' AutoencoderKL stores, at diffusers' default where
+# minisd has no reason to differ.
+_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64, 64],  # 3 levels: 2 halvings, 64x64 -> 16x16
+    "layers_per_block": 1,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 16,
+    "sample_size": 64,
+    # latents are multiplied by it before the UNet sees them: 1 / their std, which minisd/train_vae.py
+    # measures and stores; 1.0 until a training run has measured it
+    "scaling_factor": 1.0,
+    "shift_factor": None,
+    "latents_mean": None,
+    "latents_std": None,
+    "force_upcast": True,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,  # the mid blocks' self-attention: the VAE's only one (16x16 = 256 tokens)
+}
+
+
 def default_config():
     """minisd's config (a fresh copy, safe to edit), with every scheduler setting spelled out."""
     from minisd.schedulers import DDIMScheduler
 
     return copy.deepcopy(_CONFIG) | {"scheduler": dict(DDIMScheduler.from_config(SCHEDULER).config)}
+
+
+def default_vae_config():
+    """minisd's autoencoder, a diffusers AutoencoderKL config (a fresh copy, safe to edit)."""
+    return copy.deepcopy(_VAE)
 
 
 class ConfigError(ValueError):
@@ -106,13 +145,23 @@ class Conv:
 
 
 @dataclass(frozen=True)
+class EncoderDownsample(Conv):
+    """The VAE encoder's Downsample2D (diffusers' padding=0): one zero row and column after the image
+    (F.pad (0, 1, 0, 1)), then the 3x3 conv with stride 2 and no padding, where the UNet's pads all round."""
+
+    stride: int = 2
+    padding: int = 0
+
+
+@dataclass(frozen=True)
 class Resnet:
-    """ResnetBlock2D: GroupNorm+SiLU, conv 3x3, + time embedding, GroupNorm+SiLU, conv 3x3, + shortcut."""
+    """ResnetBlock2D: GroupNorm+SiLU, conv 3x3, + time embedding, GroupNorm+SiLU, conv 3x3, + shortcut.
+    The VAE's have no time embedding (``temb_channels`` None) and so no time_emb_proj."""
 
     prefix: str
     in_channels: int
     out_channels: int
-    temb_channels: int
+    temb_channels: int | None
     groups: int
     eps: float
 
@@ -123,11 +172,9 @@ class Resnet:
 
     def parameter_shapes(self):
         p, i, o = self.prefix, self.in_channels, self.out_channels
-        shapes = (
-            _norm(p + "norm1.", i)
-            | _conv(p + "conv1.", o, i, 3)
-            | _linear(p + "time_emb_proj.", o, self.temb_channels)
-        )
+        shapes = _norm(p + "norm1.", i) | _conv(p + "conv1.", o, i, 3)
+        if self.temb_channels:
+            shapes |= _linear(p + "time_emb_proj.", o, self.temb_channels)
         shapes |= _norm(p + "norm2.", o) | _conv(p + "conv2.", o, o, 3)
         return shapes | (_conv(p + "conv_shortcut.", o, i, 1) if self.shortcut else {})
 
@@ -173,6 +220,26 @@ class Transformer:
             | _linear(b + "ff.net.0.proj.", 2 * self.ff_inner, c)
             | _linear(b + "ff.net.2.", c, self.ff_inner)
         )
+
+
+@dataclass(frozen=True)
+class VAEAttention:
+    """The VAE mid block's self-attention (diffusers' Attention with group_norm, residual_connection and
+    rescale_output_factor 1): GroupNorm, the pixels as tokens, to_q/to_k/to_v with biases, softmax attention
+    with ``heads`` heads, to_out.0, back to an image, + the input."""
+
+    prefix: str
+    channels: int
+    heads: int
+    groups: int
+    eps: float
+
+    def parameter_shapes(self):
+        p, c = self.prefix, self.channels
+        shapes = _norm(p + "group_norm.", c) | _linear(p + "to_out.0.", c, c)
+        for name in ("to_q.", "to_k.", "to_v."):
+            shapes |= _linear(p + name, c, c)
+        return shapes
 
 
 @dataclass(frozen=True)
@@ -238,10 +305,64 @@ class UNet:
         shapes = (
             self.time.parameter_shapes() | self.conv_in.parameter_shapes() | self.conv_out.parameter_shapes()
         )
-        for block in self.blocks:
-            for spec in (*block.resnets, *block.attentions, *([block.sampler] if block.sampler else [])):
-                shapes |= spec.parameter_shapes()
-        return shapes | _norm("unet.conv_norm_out.", self.conv_out.in_channels)
+        return shapes | _blocks_shapes(self.blocks) | _norm("unet.conv_norm_out.", self.conv_out.in_channels)
+
+
+def _blocks_shapes(blocks):
+    shapes = {}
+    for block in blocks:
+        for spec in (*block.resnets, *block.attentions, *([block.sampler] if block.sampler else [])):
+            shapes |= spec.parameter_shapes()
+    return shapes
+
+
+@dataclass(frozen=True)
+class Coder:
+    """AutoencoderKL's Encoder or Decoder: conv_in, its ``blocks`` in the order they run (the encoder's
+    DownEncoderBlock2Ds then its mid block; the decoder's mid block then its UpDecoderBlock2Ds), GroupNorm
+    + SiLU (``prefix`` + "conv_norm_out."), conv_out. The mid block is resnet, attention, resnet."""
+
+    prefix: str
+    conv_in: Conv
+    blocks: tuple
+    groups: int
+    eps: float
+    conv_out: Conv
+
+    def parameter_shapes(self):
+        shapes = self.conv_in.parameter_shapes() | _blocks_shapes(self.blocks)
+        shapes |= _norm(self.prefix + "conv_norm_out.", self.conv_out.in_channels)
+        return shapes | self.conv_out.parameter_shapes()
+
+
+@dataclass(frozen=True)
+class AutoencoderKL:
+    """diffusers' AutoencoderKL: encoder, quant_conv (1x1) to the mean and log-variance of the latents (each
+    ``latent_channels``); post_quant_conv (1x1), decoder back to an image. Latents are divided by
+    ``scaling_factor`` before decoding (and multiplied after encoding), as diffusers' pipelines do."""
+
+    sample_size: int
+    in_channels: int
+    out_channels: int
+    latent_channels: int
+    scaling_factor: float
+    encoder: Coder
+    quant_conv: Conv
+    post_quant_conv: Conv
+    decoder: Coder
+
+    @property
+    def downsamplings(self):
+        """How many times the encoder halves the image: latents are 2**downsamplings times smaller."""
+        return sum(b.sampler is not None for b in self.encoder.blocks)
+
+    def parameter_shapes(self):
+        return (
+            self.encoder.parameter_shapes()
+            | self.quant_conv.parameter_shapes()
+            | self.post_quant_conv.parameter_shapes()
+            | self.decoder.parameter_shapes()
+        )
 
 
 @dataclass(frozen=True)
@@ -277,10 +398,12 @@ class TextEncoder:
 class Architecture:
     text_encoder: TextEncoder
     unet: UNet
+    vae: AutoencoderKL | None = None  # a latent minisd's autoencoder; the pixel-space model has none
 
     def parameter_shapes(self):
         """Every state-dict key of the model, with its shape."""
-        return self.text_encoder.parameter_shapes() | self.unet.parameter_shapes()
+        shapes = self.text_encoder.parameter_shapes() | self.unet.parameter_shapes()
+        return shapes | (self.vae.parameter_shapes() if self.vae else {})
 
 
 # ------------------------------------------------------------------------------------------ reading a config
@@ -431,9 +554,107 @@ def _unet(config):
     )
 
 
+# diffusers options of AutoencoderKL that minisd implements at one value only (stated or not).
+_VAE_FIXED = {
+    "act_fn": "silu",
+    "shift_factor": None,
+    "latents_mean": None,
+    "latents_std": None,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+}
+_VAE_OPTIONAL = {"force_upcast", "mid_block_add_attention", *_VAE_FIXED}  # diffusers' defaults if left out
+_VAE_KEYS = set(_VAE) - _VAE_OPTIONAL
+
+
+def read_vae(config):
+    """The AutoencoderKL of ``config["vae"]`` (a diffusers AutoencoderKL config); ConfigError if it has none
+    or one minisd cannot build. Its state-dict keys start with "vae."."""
+    v = _section(config, "vae", _VAE_KEYS, optional=_VAE_OPTIONAL)
+    for key, value in _VAE_FIXED.items():
+        if key in v and v[key] != value:
+            raise ConfigError(f"vae.{key}={v[key]!r}: minisd implements only {value!r}")
+    channels = v["block_out_channels"]
+    if not isinstance(channels, list | tuple) or not channels:
+        raise ConfigError(f"vae.block_out_channels must be a list of channel counts, got {channels!r}")
+    channels = [_positive_int("vae.block_out_channels", c) for c in channels]
+    levels = len(channels)
+    for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if not isinstance(v[key], list | tuple) or list(v[key]) != [kind] * levels:
+            raise ConfigError(f"vae.{key} must be {levels} x {kind!r} (one per block_out_channels entry)")
+    groups = _positive_int("vae.norm_num_groups", v["norm_num_groups"])
+    if any(c % groups for c in channels):
+        raise ConfigError(f"vae: norm_num_groups={groups} must divide every block_out_channels {channels}")
+    layers = _positive_int("vae.layers_per_block", v["layers_per_block"])
+    latent = _positive_int("vae.latent_channels", v["latent_channels"])
+    in_ch, out_ch = (_positive_int(f"vae.{k}", v[k]) for k in ("in_channels", "out_channels"))
+    scaling = v["scaling_factor"]
+    if not isinstance(scaling, numbers.Real) or isinstance(scaling, bool) or not 0 < scaling < math.inf:
+        raise ConfigError(f"vae.scaling_factor must be a finite number > 0, got {scaling!r}")
+    attend = v.get("mid_block_add_attention", True)
+    if not isinstance(attend, bool):
+        raise ConfigError(f"vae.mid_block_add_attention must be true or false, got {attend!r}")
+    eps = VAE_NORM_EPS
+
+    def resnet(prefix, i, o):
+        return Resnet(prefix, i, o, None, groups, eps)
+
+    def mid(prefix):
+        c = channels[-1]  # diffusers: attention_head_dim = the channels, so one head
+        attentions = (VAEAttention(prefix + "attentions.0.", c, 1, groups, eps),) if attend else ()
+        return Block(
+            "UNetMidBlock2D", tuple(resnet(f"{prefix}resnets.{j}.", c, c) for j in range(2)), attentions, None
+        )
+
+    down, prev = [], channels[0]
+    for i, c in enumerate(channels):
+        pre = f"vae.encoder.down_blocks.{i}."
+        resnets = tuple(resnet(f"{pre}resnets.{j}.", prev if j == 0 else c, c) for j in range(layers))
+        sampler = None if i == levels - 1 else EncoderDownsample(pre + "downsamplers.0.conv.", c, c)
+        down.append(Block("DownEncoderBlock2D", resnets, (), sampler))
+        prev = c
+    encoder = Coder(
+        "vae.encoder.",
+        Conv("vae.encoder.conv_in.", in_ch, channels[0]),
+        (*down, mid("vae.encoder.mid_block.")),
+        groups,
+        eps,
+        Conv("vae.encoder.conv_out.", channels[-1], 2 * latent),  # mean and log-variance
+    )
+
+    up, prev = [], channels[-1]
+    for i, c in enumerate(reversed(channels)):
+        pre = f"vae.decoder.up_blocks.{i}."
+        resnets = tuple(resnet(f"{pre}resnets.{j}.", prev if j == 0 else c, c) for j in range(layers + 1))
+        sampler = None if i == levels - 1 else Conv(pre + "upsamplers.0.conv.", c, c)
+        up.append(Block("UpDecoderBlock2D", resnets, (), sampler))
+        prev = c
+    decoder = Coder(
+        "vae.decoder.",
+        Conv("vae.decoder.conv_in.", latent, channels[-1]),
+        (mid("vae.decoder.mid_block."), *up),
+        groups,
+        eps,
+        Conv("vae.decoder.conv_out.", channels[0], out_ch),
+    )
+    return AutoencoderKL(
+        sample_size=_positive_int("vae.sample_size", v["sample_size"]),
+        in_channels=in_ch,
+        out_channels=out_ch,
+        latent_channels=latent,
+        scaling_factor=float(scaling),
+        encoder=encoder,
+        quant_conv=Conv("vae.quant_conv.", 2 * latent, 2 * latent, kernel=1, padding=0),
+        post_quant_conv=Conv("vae.post_quant_conv.", latent, latent, kernel=1, padding=0),
+        decoder=decoder,
+    )
+
+
 def read(config):
-    """The Architecture a config describes; ConfigError (one line) when it describes none minisd can build."""
-    return Architecture(_text_encoder(config), _unet(config))
+    """The Architecture a config describes; ConfigError (one line) when it describes none minisd can build.
+    The "vae" section is optional: without it, ``vae`` is None."""
+    text_encoder, unet = _text_encoder(config), _unet(config)
+    return Architecture(text_encoder, unet, read_vae(config) if "vae" in config else None)
 
 
 def upgrade_v1(config):

@@ -2,6 +2,7 @@
 
     python -m minisd export --onnx DIR        # DIR/unet.onnx, DIR/text_encoder.onnx, checked in onnxruntime
     python -m minisd export --diffusers DIR   # DIR/unet/ and DIR/scheduler/, read by diffusers' from_pretrained
+                                              # (and DIR/vae/ where the weights hold an autoencoder)
 
 Each ONNX file is run in onnxruntime on fresh inputs, at another batch size than it was exported with, and
 must equal the PyTorch model (minisd/model.py) within ONNX_TOLERANCE, or the export fails.
@@ -39,13 +40,18 @@ class ExportError(Exception):
 
 
 def load_model(weights_path=None):
-    """The PyTorch MiniSD with the trained (or given) weights, in eval mode, and its config."""
+    """The PyTorch model of the trained (or given) weights, in eval mode, and its config: a MiniSD, or a
+    VAEOnly where the file holds an autoencoder alone (minisd.weights.load_vae)."""
     from minisd import weights
-    from minisd.model import MiniSD
+    from minisd.model import MiniSD, VAEOnly
 
-    state, config = weights.load(weights_path)
-    config = {key: value for key, value in config.items() if key != "vocab"}
-    model = MiniSD(config)
+    if weights_path is not None and weights.holds_vae_only(weights.resolve(weights_path)):
+        state, config = weights.load_vae(weights_path)
+        model = VAEOnly(config)
+    else:
+        state, config = weights.load(weights_path)
+        config = {key: value for key, value in config.items() if key != "vocab"}
+        model = MiniSD(config)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
     return model.eval(), config
 
@@ -141,20 +147,33 @@ def sampling_scheduler(config):
 
 
 def export_diffusers(model, config, folder):
-    """Write folder/unet/ (config.json, diffusion_pytorch_model.safetensors) and folder/scheduler/ in
-    diffusers' layout. No text_encoder/: see the module's docstring."""
+    """Write folder/unet/ and folder/scheduler/ (a MiniSD's) and folder/vae/ (where the model has an
+    autoencoder) in diffusers' layout: config.json and diffusion_pytorch_model.safetensors in each model's
+    folder. No text_encoder/: see the module's docstring. Returns the folders written."""
+    from minisd.model import MiniSD
+
+    written = []
+    if isinstance(model, MiniSD):
+        config_unet = {"_class_name": "UNet2DConditionModel", **diffusers_unet_config(config)}
+        written.append(_write_diffusers_model(Path(folder) / "unet", config_unet, model.unet))
+        sampling_scheduler(config).save_pretrained(Path(folder) / "scheduler")
+        written.append(Path(folder) / "scheduler")
+    if model.vae is not None:
+        config_vae = {"_class_name": "AutoencoderKL", **config["vae"]}  # a diffusers config as it is stored
+        written.append(_write_diffusers_model(Path(folder) / "vae", config_vae, model.vae))
+    return tuple(written)
+
+
+def _write_diffusers_model(folder, config, module):
     import json
 
     from safetensors.torch import save_file
 
-    unet_folder = Path(folder) / "unet"
-    unet_folder.mkdir(parents=True, exist_ok=True)
-    unet_config = {"_class_name": "UNet2DConditionModel", **diffusers_unet_config(config)}
-    files.write_text(unet_folder / "config.json", json.dumps(unet_config, indent=2) + "\n")
-    state = {key: value.contiguous() for key, value in model.unet.state_dict().items()}
-    save_file(state, str(unet_folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    sampling_scheduler(config).save_pretrained(Path(folder) / "scheduler")
-    return unet_folder, Path(folder) / "scheduler"
+    folder.mkdir(parents=True, exist_ok=True)
+    files.write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    state = {key: value.contiguous() for key, value in module.state_dict().items()}
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    return folder
 
 
 def check_output_folder(path, flag):
@@ -172,7 +191,9 @@ def parse_args(argv):
     p.add_argument(
         "--onnx", metavar="DIR", help="write unet.onnx and text_encoder.onnx here, checked in onnxruntime"
     )
-    p.add_argument("--diffusers", metavar="DIR", help="write unet/ and scheduler/ here in diffusers' layout")
+    p.add_argument(
+        "--diffusers", metavar="DIR", help="write unet/, scheduler/ (and vae/) here in diffusers' layout"
+    )
     p.add_argument(
         "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
     )
@@ -192,6 +213,11 @@ def main(argv=None):
         if onnx_dir:
             _onnx_modules()
         model, config = load_model(args.weights)
+        if onnx_dir and "unet" not in config:
+            raise ExportError(
+                f"--onnx writes the text encoder and UNet, and {args.weights} holds an autoencoder alone: "
+                "export it with --diffusers DIR"
+            )
         if onnx_dir:
             for path, error in export_onnx(model, config, onnx_dir).values():
                 print(
@@ -200,10 +226,11 @@ def main(argv=None):
         if diffusers_dir:
             for path in export_diffusers(model, config, diffusers_dir):
                 print(f"wrote {path}/")
-            print(
-                "no text_encoder/: minisd's encoder has no causal mask, so transformers' CLIPTextModel would "
-                "give other numbers; encode prompts with minisd.model.TextEncoder (or text_encoder.onnx)"
-            )
+            if "unet" in config:
+                print(
+                    "no text_encoder/: minisd's encoder has no causal mask, so transformers' CLIPTextModel "
+                    "would give other numbers; encode prompts with minisd.model.TextEncoder (or text_encoder.onnx)"
+                )
     except (ExportError, WeightsError) as err:
         sys.exit(f"error: {err}")
     return 0

@@ -117,11 +117,12 @@ class Forward:
     # --------------------------------------------------------------------------------------------- UNet
 
     def resnet_block(self, spec, x, temb):
-        """ResnetBlock2D (minisd.architecture.Resnet); ``temb`` from ``time_projections``."""
+        """ResnetBlock2D (minisd.architecture.Resnet); ``temb`` from ``time_projections`` (None for the VAE's
+        blocks, which have no time embedding)."""
         ops, pre = self.ops, spec.prefix
         h = ops.group_norm(x, spec.groups, *self._norm(pre + "norm1."), spec.eps, silu=True)
         w, b = self.p[pre + "conv1.weight"], self.p[pre + "conv1.bias"]
-        h = ops.conv2d(h, w, b, padding=1, channel_add=temb[pre])
+        h = ops.conv2d(h, w, b, padding=1, channel_add=temb[pre] if spec.temb_channels else None)
         h = ops.group_norm(h, spec.groups, *self._norm(pre + "norm2."), spec.eps, silu=True)
         shortcut = x
         if spec.shortcut:

@@ -1,4 +1,5 @@
-"""minisd's two networks in PyTorch: a CLIP-like text encoder and a small diffusers-style UNet.
+"""minisd's networks in PyTorch: a CLIP-like text encoder, a small diffusers-style UNet and, for a latent
+minisd, diffusers' AutoencoderKL.
 
 PyTorch is used to TRAIN minisd and as the test oracle for the course's own kernels. Module names follow
 diffusers' UNet2DConditionModel and transformers' CLIPTextModel, so ``state_dict()`` keys read like Stable
@@ -10,11 +11,12 @@ written out in full (no diffusers import) so it can be read top to bottom.
 The UNet is diffusers' exactly (its weights in diffusers' UNet2DConditionModel give the same outputs). The
 text encoder is not CLIP's: its keys load into CLIPTextModel after a prefix rename, but CLIP masks attention
 causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.30 apart
-on the shipped weights).
+on the shipped weights). The autoencoder is diffusers' AutoencoderKL exactly, its keys under "vae.".
 
     model = MiniSD()                             # minisd.architecture.default_config(); .text_encoder, .unet
     context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
     eps = model.unet(noisy, timesteps, context)  # (B, 3, 32, 32) -> (B, 3, 32, 32)
+    mean, logvar = VAEOnly().vae.encode(images)  # (B, 3, 64, 64) -> 2 x (B, 4, 16, 16); .decode(z)
 
 Every channel count, head count, group count and eps comes from minisd.architecture, read from the config:
 the same description the kernel forward pass (minisd/forward.py) walks.
@@ -134,33 +136,39 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """Two 3x3 convs with GroupNorm+SiLU; the timestep enters as a per-channel bias between them."""
+    """Two 3x3 convs with GroupNorm+SiLU; the timestep enters as a per-channel bias between them (the UNet's:
+    the VAE's have no time embedding, ``temb_channels`` None)."""
 
     def __init__(self, in_channels, out_channels, temb_channels, groups, eps):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # A 1x1 conv only where the channel count changes, so the residual can be added.
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x, temb):
+    def forward(self, x, temb=None):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return shortcut + h
 
 
 class Downsample2D(nn.Module):
-    def __init__(self, channels):
+    """A 3x3 conv with stride 2. ``padding=0`` is diffusers' convention of the VAE encoder: pad one zero row
+    and column after the image only (minisd.architecture.EncoderDownsample)."""
+
+    def __init__(self, channels, padding=1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x):
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.padding == 0 else x)
 
 
 class Upsample2D(nn.Module):
@@ -359,7 +367,134 @@ class UNet2DConditionModel(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
-# ------------------------------------------------------------------------------------------------ holder
+# ------------------------------------------------------------------------------------------- autoencoder
+
+
+class VAEAttention(nn.Module):
+    """The VAE mid block's self-attention over its pixels (diffusers' Attention with group_norm, biased
+    q/k/v projections and a residual connection)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        c, self.heads = spec.channels, spec.heads
+        self.group_norm = nn.GroupNorm(spec.groups, c, eps=spec.eps)
+        self.to_q, self.to_k, self.to_v = nn.Linear(c, c), nn.Linear(c, c), nn.Linear(c, c)
+        self.to_out = nn.ModuleList([nn.Linear(c, c)])  # diffusers keeps a Dropout at to_out.1
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        out = attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens), self.heads)
+        return x + self.to_out[0](out).transpose(1, 2).reshape(b, c, h, w)
+
+
+class UNetMidBlock2D(nn.Module):
+    """resnet, attention (if the config keeps it), resnet."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.resnets = _resnets(spec)
+        self.attentions = nn.ModuleList(VAEAttention(a) for a in spec.attentions)
+
+    def forward(self, x):
+        x = self.resnets[0](x)
+        for attention in self.attentions:
+            x = attention(x)
+        return self.resnets[1](x)
+
+
+class DownEncoderBlock2D(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.resnets = _resnets(spec)
+        sampler = spec.sampler
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(sampler.in_channels, sampler.padding)]) if sampler else None
+        )
+
+    def forward(self, x):
+        for resnet in self.resnets:
+            x = resnet(x)
+        return x if self.downsamplers is None else self.downsamplers[0](x)
+
+
+class UpDecoderBlock2D(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.resnets = _resnets(spec)
+        self.upsamplers = nn.ModuleList([Upsample2D(spec.sampler.in_channels)]) if spec.sampler else None
+
+    def forward(self, x):
+        for resnet in self.resnets:
+            x = resnet(x)
+        return x if self.upsamplers is None else self.upsamplers[0](x)
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, H, W) -> (B, 2 * latent_channels, H/4, W/4): the latents' mean and log-variance, before
+    quant_conv. ``spec`` is a minisd.architecture.Coder."""
+
+    def __init__(self, spec):
+        super().__init__()
+        *down, mid = spec.blocks
+        self.conv_in = nn.Conv2d(spec.conv_in.in_channels, spec.conv_in.out_channels, 3, padding=1)
+        self.down_blocks = nn.ModuleList(DownEncoderBlock2D(b) for b in down)
+        self.mid_block = UNetMidBlock2D(mid)
+        self.conv_norm_out = nn.GroupNorm(spec.groups, spec.conv_out.in_channels, eps=spec.eps)
+        self.conv_out = nn.Conv2d(spec.conv_out.in_channels, spec.conv_out.out_channels, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
+
+
+class Decoder(nn.Module):
+    """Latents (B, latent_channels, h, w), after post_quant_conv -> image (B, 3, 4h, 4w)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        mid, *up = spec.blocks
+        self.conv_in = nn.Conv2d(spec.conv_in.in_channels, spec.conv_in.out_channels, 3, padding=1)
+        self.mid_block = UNetMidBlock2D(mid)
+        self.up_blocks = nn.ModuleList(UpDecoderBlock2D(b) for b in up)
+        self.conv_norm_out = nn.GroupNorm(spec.groups, spec.conv_out.in_channels, eps=spec.eps)
+        self.conv_out = nn.Conv2d(spec.conv_out.in_channels, spec.conv_out.out_channels, 3, padding=1)
+
+    def forward(self, z):
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class AutoencoderKL(nn.Module):
+    """diffusers' AutoencoderKL, built from ``spec`` (minisd.architecture.AutoencoderKL).
+
+    ``encode`` gives the diagonal Gaussian of the latents (mean, log-variance clamped to [-30, 20] as
+    diffusers' DiagonalGaussianDistribution does); ``decode`` takes latents as they come from it (divide a
+    diffusion model's latents by ``scaling_factor`` first). ``forward`` reconstructs from the mean."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.encoder = Encoder(spec.encoder)
+        self.quant_conv = nn.Conv2d(2 * spec.latent_channels, 2 * spec.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(spec.latent_channels, spec.latent_channels, 1)
+        self.decoder = Decoder(spec.decoder)
+
+    def encode(self, x):
+        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z):
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x):
+        return self.decode(self.encode(x)[0])
+
+
+# ------------------------------------------------------------------------------------------------ holders
 
 
 class MiniSD(nn.Module):
@@ -377,9 +512,24 @@ class MiniSD(nn.Module):
             te.layer_norm_eps,
         )  # fmt: skip
         self.unet = UNet2DConditionModel(arch.unet)
+        self.vae = AutoencoderKL(arch.vae) if arch.vae else None  # only when the config has a "vae" section
 
     def forward(self, sample, timestep, input_ids):
         return self.unet(sample, timestep, self.text_encoder(input_ids))
+
+
+class VAEOnly(nn.Module):
+    """The autoencoder on its own, as minisd/train_vae.py trains it and a VAE weights file holds it:
+    ``state_dict()`` keys start with "vae." (those of a MiniSD that has one), ``config`` is {"vae": ...}
+    (default: minisd.architecture.default_vae_config())."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = copy.deepcopy(config or {"vae": architecture.default_vae_config()})
+        self.vae = AutoencoderKL(architecture.read_vae(self.config))
+
+    def forward(self, x):
+        return self.vae(x)
 
 
 def count_parameters(module):

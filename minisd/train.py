@@ -101,13 +101,13 @@ def check_args(args):
         raise CliError("--resume continues a run and --overwrite starts over: give one of them", EXIT_USAGE)
 
 
-def check_out(args):
+def check_out(args, weights_name=WEIGHTS):
     """--out is a folder for this run: a run already in it is continued (--resume its ckpt.pt) or replaced
-    (--overwrite), never overwritten silently."""
+    (--overwrite), never overwritten silently. ``weights_name``: the weights file a run writes there."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; name a folder for the run", EXIT_USAGE)
-    held = [name for name in (CHECKPOINT, WEIGHTS) if (out / name).exists()]
+    held = [name for name in (CHECKPOINT, weights_name) if (out / name).exists()]
     continues = args.resume and Path(args.resume).resolve().parent == out.resolve()
     if held and not (continues or args.overwrite):
         raise CliError(
@@ -277,9 +277,9 @@ def load_checkpoint(path, model, ema):
     return index["step"], index["elapsed"]
 
 
-def remove_run(out):
+def remove_run(out, weights_name=WEIGHTS):
     """--overwrite: the previous run's checkpoint and weights go (its train.log stays: it only grows)."""
-    doomed = [out / CHECKPOINT, out / WEIGHTS, weights.checksum_path(out / WEIGHTS)]
+    doomed = [out / CHECKPOINT, out / weights_name, weights.checksum_path(out / weights_name)]
     for path in doomed + sorted(out.glob(f"{Path(CHECKPOINT).stem}.*part*.pt")):
         path.unlink(missing_ok=True)
 
@@ -307,6 +307,13 @@ def prepare(args):
     """Every check, then the run's folder and the model (resumed or new): nothing slow happens before
     a bad option or a broken --resume file is reported."""
     check_args(args)
+    out, resumed = open_run(args)
+    return (out, *restore(args, resumed, MiniSD(resumed[0]["config"] if resumed else None)))
+
+
+def open_run(args, weights_name=WEIGHTS):
+    """The --resume checkpoint (checked against --steps) and the --out folder, cleared of what --overwrite
+    and killed writes left -> (out, (index, tensors) of the checkpoint or None)."""
     resumed = None
     if args.resume:
         try:
@@ -320,12 +327,17 @@ def prepare(args):
                 f"give more than {at}",
                 EXIT_USAGE,
             )
-    out = check_out(args)
+    out = check_out(args, weights_name)
     if args.overwrite:
-        remove_run(out)
+        remove_run(out, weights_name)
     for leftover in files.leftovers(out):  # of writes killed mid-way: the files they were replacing are whole
         leftover.unlink()
-    model = MiniSD(resumed[0]["config"] if resumed else None)
+    return out, resumed
+
+
+def restore(args, resumed, model):
+    """``model`` (built from the checkpoint's config, if resumed), its EMA copy and the step and training
+    seconds to go on from -> (model, ema, step, elapsed), with the checkpoint's weights in both."""
     ema = copy.deepcopy(model).requires_grad_(False)
     step, elapsed = 0, 0.0
     if resumed:
@@ -337,7 +349,7 @@ def prepare(args):
                 f"--resume {args.resume} does not fit the model its config describes ({err})"
             ) from None
         step, elapsed = index["step"], index["elapsed"]
-    return out, model, ema, step, elapsed
+    return model, ema, step, elapsed
 
 
 def train(args):

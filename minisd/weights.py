@@ -7,6 +7,12 @@ WeightsError that says what is wrong and what to do, instead of a shape error de
 It checks the tensors against the architecture the config describes, without importing torch:
 
     state, config = load()          # numpy float32 arrays by key, and the config dict (+ "vocab")
+
+A file may also hold minisd's autoencoder alone (``python -m minisd train-vae`` writes one): "vae.*"
+tensors, a config with only a "vae" section (a diffusers AutoencoderKL config) and no vocabulary, since an
+autoencoder reads no prompts. ``load`` refuses it with a pointer to ``load_vae``, which reads only those:
+
+    state, config = load_vae("runs/vae/vae.safetensors")    # config == {"vae": {...}}
 """
 
 import hashlib
@@ -64,7 +70,9 @@ def save(state_dict, config, path=None, dtype="float16"):
             value = value.detach().float().cpu().numpy()
         arrays[key] = np.ascontiguousarray(value, dtype=_DTYPES[dtype])
     model_config = {k: v for k, v in config.items() if k != "vocab"}
-    metadata = {"format": FORMAT, "config": json.dumps(model_config), "vocab": json.dumps(VOCAB)}
+    metadata = {"format": FORMAT, "config": json.dumps(model_config)}
+    if not vae_only(model_config):
+        metadata["vocab"] = json.dumps(VOCAB)
     data = to_bytes(arrays, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_bytes(path, data)
@@ -73,9 +81,16 @@ def save(state_dict, config, path=None, dtype="float16"):
     return path
 
 
+def vae_only(config):
+    """Whether ``config`` describes minisd's autoencoder alone (a VAE weights file's)."""
+    return set(config) - {"vocab"} == {"vae"}
+
+
 def expected_shapes(config):
     """Every key of the model ``config`` describes, with its shape (minisd.architecture: no torch)."""
     try:
+        if vae_only(config):
+            return architecture.read_vae(config).parameter_shapes()
         return architecture.read(config).parameter_shapes()
     except architecture.ConfigError as err:
         raise WeightsError(
@@ -201,6 +216,11 @@ def check_config(path, config):
 
     if not isinstance(config, dict):
         raise bad(f"is a {type(config).__name__}, not a JSON object")
+    if vae_only(config):
+        raise WeightsError(
+            f"{path} holds minisd's autoencoder alone (a VAE weights file, as `python -m minisd train-vae` "
+            "writes), not a whole minisd model; read it with minisd.weights.load_vae"
+        )
     for section in ("text_encoder", "unet", "scheduler"):
         if not isinstance(config.get(section), dict):
             raise bad(f"has no {section!r} section")
@@ -226,6 +246,17 @@ def check_config(path, config):
 def peek_config(path=None):
     """The config of a weights file from its header alone (no tensor read, no checksum): cheap enough to
     check options that depend on it, such as the number of steps, before the slow load."""
+    path, config = _peek(path)
+    check_config(path, config)
+    return config
+
+
+def holds_vae_only(path):
+    """Whether the weights file ``path`` holds minisd's autoencoder alone, from its header."""
+    return vae_only(_peek(path)[1])
+
+
+def _peek(path):
     from safetensors import SafetensorError, safe_open
 
     path = resolve(path)
@@ -236,8 +267,7 @@ def peek_config(path=None):
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{path} is not a readable safetensors file ({err})") from err
     config, _ = _parse_metadata(path, metadata)
-    check_config(path, config)
-    return config
+    return path, config
 
 
 def _parse_metadata(path, metadata):
@@ -245,6 +275,8 @@ def _parse_metadata(path, metadata):
         raise WeightsError(f"{path} has format {metadata.get('format')!r}; minisd reads only {FORMAT!r}")
     try:
         config = json.loads(metadata["config"])
+        if isinstance(config, dict) and vae_only(config):
+            return config, None  # an autoencoder reads no prompts: no vocabulary to agree on
         vocab = json.loads(metadata["vocab"])
     except (KeyError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path} has no valid 'config'/'vocab' JSON in its metadata ({err})") from err
@@ -284,12 +316,33 @@ def _check_tensors(path, tensors, config):
 
 def load(path=None):
     """Check and read the weights -> (dict of float32 numpy arrays, config dict with a "vocab" list)."""
+    path, tensors, config, vocab = _read_checked(path)
+    check_config(path, config)
+    _check_tensors(path, tensors, config)
+    return _float32(tensors), {**config, "vocab": vocab}
+
+
+def load_vae(path):
+    """Check and read a VAE weights file -> (dict of float32 numpy arrays "vae.*", config {"vae": ...})."""
+    path, tensors, config, _ = _read_checked(path)
+    if not isinstance(config, dict) or not vae_only(config):
+        sections = ", ".join(map(repr, config)) if isinstance(config, dict) else type(config).__name__
+        raise WeightsError(
+            f"{path} is not a VAE weights file: its config has {sections}, not a 'vae' section alone; "
+            "read a whole minisd model with minisd.weights.load"
+        )
+    _check_tensors(path, tensors, config)
+    return _float32(tensors), config
+
+
+def _read_checked(path):
+    """The file's tensors, config and vocabulary, once the file, its checksum and metadata are sound."""
     path = resolve(path)
     check_file(path)
     _check_checksum(path)
     tensors, metadata = _read(path)
-    config, vocab = _parse_metadata(path, metadata)
-    check_config(path, config)
-    _check_tensors(path, tensors, config)
-    state = {key: value.astype(np.float32) for key, value in tensors.items()}
-    return state, {**config, "vocab": vocab}
+    return (path, tensors, *_parse_metadata(path, metadata))
+
+
+def _float32(tensors):
+    return {key: value.astype(np.float32) for key, value in tensors.items()}

@@ -288,7 +288,7 @@ def test_info():
 def test_help_lists_the_commands():
     result = minisd_cli("--help")
     assert result.returncode == 0
-    assert "{sample,info,profile,train,eval,bench,export}" in result.stdout
+    assert "{sample,info,profile,train,train-vae,eval,bench,export}" in result.stdout
 
 
 def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
