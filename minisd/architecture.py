@@ -10,13 +10,13 @@ them), and three parts walk that one tree:
 
 The "unet" section is a diffusers ``UNet2DConditionModel`` config and the "scheduler" section a diffusers
 ``DDIMScheduler`` config, both readable by diffusers as they are (``from_config``). Mind diffusers' naming:
-its ``attention_head_dim`` is the number of heads of each block (minisd's (1, 2, 4): 32 channels per head).
+its ``attention_head_dim`` is the number of heads of each block (minisd's (2, 4, 4): 32 channels per head).
 The "text_encoder" section is minisd's own (a CLIP-like encoder, no diffusers class).
 
-An optional "vae" section is a diffusers ``AutoencoderKL`` config (``default_vae_config()``): the
-autoencoder of a latent minisd, 64x64 images to 4x16x16 latents and back. The pixel-space model of today
-has none, so ``read`` gives ``Architecture.vae = None`` for it; ``read_vae`` reads the section alone (a
-weights file of the autoencoder only, as minisd/train_vae.py writes).
+The "vae" section is a diffusers ``AutoencoderKL`` config (``default_vae_config()``): minisd is a latent
+diffusion model, its UNet denoises 4x16x16 latents that the autoencoder decodes to 64x64 images. A config
+without it (the 32x32 pixel-space model minisd shipped before) still reads, with ``Architecture.vae = None``;
+``read_vae`` reads the section alone (a weights file of the autoencoder only, as minisd/train_vae.py writes).
 """
 
 import copy
@@ -37,7 +37,7 @@ SCHEDULER = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "epsilon",
-    "clip_sample": True,
+    "clip_sample": False,  # latents are not bounded to [-1, 1] as pixels are: clipping x_0 would flatten them
     "timestep_spacing": "trailing",  # the first step starts at t = 999, from pure noise
 }
 
@@ -51,19 +51,19 @@ _CONFIG = {
         "intermediate_size": 256,
         "layer_norm_eps": 1e-5,
     },
-    "unet": {
-        "sample_size": 32,
-        "in_channels": 3,
-        "out_channels": 3,
+    "unet": {  # on the autoencoder's latents: 4 x 16 x 16 for a 64 x 64 image
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "block_out_channels": [32, 64, 128],
+        "block_out_channels": [64, 128, 128],
         "layers_per_block": 1,
         "norm_num_groups": 8,
         "norm_eps": 1e-5,
         "cross_attention_dim": 64,
-        "attention_head_dim": [1, 2, 4],  # diffusers' name for heads per block: 32 channels per head
+        "attention_head_dim": [2, 4, 4],  # diffusers' name for heads per block: 32 channels per head
         "use_linear_projection": True,
         "flip_sin_to_cos": True,
         "freq_shift": 0,
@@ -102,7 +102,8 @@ def default_config():
     """minisd's config (a fresh copy, safe to edit), with every scheduler setting spelled out."""
     from minisd.schedulers import DDIMScheduler
 
-    return copy.deepcopy(_CONFIG) | {"scheduler": dict(DDIMScheduler.from_config(SCHEDULER).config)}
+    scheduler = dict(DDIMScheduler.from_config(SCHEDULER).config)
+    return copy.deepcopy(_CONFIG) | {"scheduler": scheduler, "vae": default_vae_config()}
 
 
 def default_vae_config():

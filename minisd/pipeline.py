@@ -1,6 +1,7 @@
-"""Text to image: prompts -> text encoder -> 25 DDIM steps of the UNet with classifier-free guidance -> pixels.
+"""Text to image: prompts -> text encoder -> 25 DDIM steps of the UNet with classifier-free guidance, on
+4x16x16 latents -> the autoencoder's decoder -> 64x64 pixels. Stable Diffusion's pipeline, small.
 
-    images = minisd.generate(["a red circle on a blue background"], seed=0)   # uint8 (1, 32, 32, 3)
+    images = minisd.generate(["a big red star on the left on a white background"], seed=0)  # uint8 (1, 64, 64, 3)
 
 The sampling loop is written once, here (``SamplingPlan`` and ``denoise``): the timesteps and step
 coefficients come from the scheduler config stored with the weights, the prompt rows are
@@ -27,6 +28,7 @@ from minisd.forward import Forward, one_hot_tokens, prepare_params
 from minisd.ops import Ops
 from minisd.schedulers import DDIMScheduler
 from minisd.text import tokenize
+from minisd.vae_forward import VAEForward, prepare_vae_params
 
 DEFAULT_STEPS = 25
 # Measured on the shipped weights with minisd's checker (benchmarks/training_h100.md, 1,024 images, 25 steps):
@@ -35,7 +37,7 @@ DEFAULT_STEPS = 25
 # (Measured with the training run's own loop, which stepped 960 -> 0; `python -m minisd eval --guidance 1 1.5
 # 2 3` re-measures it with this one.)
 DEFAULT_GUIDANCE = 1.5
-DEFAULT_PROMPT = "a red circle on a blue background"
+DEFAULT_PROMPT = "a small red star left of a big blue circle on a white background"
 CPU_CHUNK = 16  # images per pass on numpy: larger batches outgrow the CPU caches (im2col) and run slower
 
 
@@ -228,6 +230,9 @@ class MiniSDPipeline:
 
             self.net = HalfPrecisionNet(state, self.arch, self.ops, self.precision)
         self.sampler = Sampler(self.ops, self.net)
+        # The decoder runs in float32 on every backend, once per image: its cost is a fraction of one UNet step.
+        vae = self.arch.vae
+        self.vae = None if vae is None else VAEForward(self.ops, prepare_vae_params(state, vae, self.ops), vae)
         self.graphs = None
         # Eager on numpy, without CuPy (the simulator cannot capture) and for a lesson's kernels (numpy in and
         # out: minisd/lesson_kernels.py says why a graph cannot hold them).
@@ -244,16 +249,38 @@ class MiniSDPipeline:
             state, config, backend=backend, kernels=kernels, log=log, graphs=graphs, precision=precision
         )
 
+    @property
+    def latent_scale(self):
+        """Image pixels per latent, along each side (1 for a pixel-space model)."""
+        return 1 if self.vae is None else 2**self.arch.vae.downsamplings
+
+    @property
+    def image_size(self):
+        return self.arch.unet.sample_size * self.latent_scale
+
     def plan(self, batch, num_inference_steps, guidance_scale, height=None, width=None):
-        u = self.arch.unet
-        height, width = height or u.sample_size, width or u.sample_size
-        multiple = 2**u.downsamplings
+        """The plan for images of ``height`` x ``width`` pixels (default: the model's); it samples latents."""
+        u, scale = self.arch.unet, self.latent_scale
+        height, width = height or self.image_size, width or self.image_size
+        multiple = 2**u.downsamplings * scale
+        why = f"the UNet halves the {'latents' if scale > 1 else 'image'} {u.downsamplings}x"
+        why += f", which are {scale}x smaller than the image" if scale > 1 else ""
         for name, size in (("height", height), ("width", width)):
             if not isinstance(size, numbers.Integral) or size < multiple or size % multiple:
-                raise ValueError(
-                    f"{name} must be a multiple of {multiple} (the UNet halves it {u.downsamplings}x)"
-                )
-        return SamplingPlan.make(self.scheduler, batch, num_inference_steps, guidance_scale, height, width)
+                raise ValueError(f"{name} must be a multiple of {multiple} ({why})")
+        plan_args = (batch, num_inference_steps, guidance_scale, height // scale, width // scale)
+        return SamplingPlan.make(self.scheduler, *plan_args)
+
+    def decode(self, latents):
+        """The final latents (numpy float32, N x 4 x h x w) -> images (N x 3 x 4h x 4w) in about [-1, 1]."""
+        if self.vae is None:
+            return latents
+        chunk = CPU_CHUNK if self.backend == "numpy" else len(latents)
+        parts = []
+        for start in range(0, len(latents), chunk):
+            z = self.ops.to_device(latents[start : start + chunk] / self.arch.vae.scaling_factor)
+            parts.append(self.ops.to_numpy(self.vae.decode(z)))
+        return np.concatenate(parts)
 
     def _sample_in_chunks(self, one_hot, noise, plan, progress):
         """The eager loop, on the CPU a chunk of images at a time (same noise, so the same images)."""
@@ -297,7 +324,7 @@ class MiniSDPipeline:
         height=None,
         width=None,
     ):
-        """What ``__call__`` turns into pixels: the final samples, numpy float32 (N, 3, height, width)."""
+        """What ``__call__`` turns into pixels: the decoded samples, numpy float32 (N, 3, height, width)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("prompts is empty: pass at least one prompt")
@@ -312,9 +339,16 @@ class MiniSDPipeline:
         else:
             with host_threads(self.backend):
                 sample = self._sample_in_chunks(one_hot, self.ops.randn(shape, seed), plan, progress)
-        total = time.perf_counter() - start
-        self.last_timings = {"total_s": total, "per_step_s": total / num_inference_steps}
-        return sample
+        denoised = time.perf_counter()
+        with host_threads(self.backend):
+            images = self.decode(np.asarray(sample, np.float32))
+        end = time.perf_counter()
+        self.last_timings = {
+            "total_s": end - start,
+            "per_step_s": (denoised - start) / num_inference_steps,
+            "decode_s": end - denoised,
+        }
+        return images
 
 
 _PIPELINES = {}
@@ -331,7 +365,7 @@ def generate(
     weights_path=None,
     precision=None,
 ):
-    """Prompts (a str or a list) -> uint8 images (N, 32, 32, 3), one per prompt.
+    """Prompts (a str or a list) -> uint8 images (N, 64, 64, 3), one per prompt.
 
     ``backend``: "numpy" | "numba" | "cupy" (None: the fastest this machine has). ``kernels``: None or
     "minisd" (the course's finished kernels), "solutions" or "exercises" (solutions/ or exercises/lesson11.py

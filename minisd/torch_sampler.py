@@ -2,8 +2,8 @@
 ``python -m minisd bench`` times PyTorch with.
 
 Same plan (timesteps and step coefficients from the scheduler config the model carries), same prompt rows,
-same initial noise (minisd's ``randn`` of the seed), same guidance and DDIM step as ``minisd.generate``: a
-seed gives its picture, up to float32 rounding.
+same initial noise (minisd's ``randn`` of the seed), same guidance and DDIM step, then the same decoding
+of the latents by the autoencoder as ``minisd.generate``: a seed gives its picture, up to float32 rounding.
 
     images = TorchSampler(model)(prompts, num_inference_steps=25, guidance_scale=1.5, seed=0)  # uint8
 """
@@ -61,4 +61,7 @@ class TorchSampler:
             return self.unet(rows, t, context).float()
 
         x = denoise(TorchOps, plan, torch.from_numpy(noise).to(self.device), predict_noise)
+        vae = self.model.vae
+        if vae is not None:  # latents -> pixels
+            x = vae.decode((x / self.model.config["vae"]["scaling_factor"]).to(next(vae.parameters()).dtype))
         return to_uint8(x.float().cpu().numpy())

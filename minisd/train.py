@@ -1,15 +1,20 @@
-"""Train minisd in PyTorch: ``python -m minisd train --minutes 8 --out runs/minisd``.
+"""Train minisd in PyTorch: ``python -m minisd train --vae runs/vae/vae.safetensors --minutes 8 --out runs/minisd``.
 
-The recipe is Stable Diffusion's, shrunk: noise a clean image to a random timestep, ask the UNet for the
-noise (epsilon), minimise the squared error. On top of that, the pieces that make a short run work:
+The recipe is Stable Diffusion's, shrunk: encode a scene (minisd.scenes) with the trained autoencoder
+(``--vae``, from ``python -m minisd train-vae``; frozen), noise its latents to a random timestep, ask the UNet
+for the noise (epsilon), minimise the squared error. The text encoder learns with the UNet. On top of that,
+the pieces that make a short run work:
 
 * AdamW, with a short learning-rate warm-up (also after a resume, since Adam's moments are not saved);
 * an exponential moving average (EMA) of the weights, which samples much better than the raw weights;
 * 10 % of prompts replaced by "" so the same model also predicts unconditionally: classifier-free guidance;
-* bf16 autocast + channels_last on a GPU; data drawn by CPU worker processes so the GPU never waits.
+* bf16 autocast + channels_last on a GPU; data drawn by CPU worker processes so the GPU never waits
+  (``--reuse`` steps on each batch drawn, with fresh latents, noise and timesteps, when drawing is slower
+  than the GPU).
 
 It writes, under --out: ``ckpt.pt`` (+ ``ckpt.step*.part*.pt``) to resume from, ``minisd.safetensors``
-(+ .sha256), the EMA weights for minisd.generate, and ``train.log``. Nothing is lost: every file is written
+(+ .sha256), the EMA weights for minisd.generate (text encoder, UNet and the autoencoder: the whole model),
+and ``train.log``. Nothing is lost: every file is written
 whole or not at all (minisd.files), SIGINT (Ctrl-C) or SIGTERM saves and exits, and a folder that already
 holds a run is resumed (--resume) or refused, never overwritten unless asked (--overwrite). At the end it
 samples images with minisd's own sampling loop (the one minisd.generate runs) and scores them with
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minisd import checks, data, files, text, weights
+from minisd import architecture, checks, files, scenes, text, weights
 from minisd.checks import EXIT_USAGE, CliError
 from minisd.model import MiniSD, count_parameters
 from minisd.schedulers import DDPMScheduler
@@ -45,12 +50,14 @@ CHECKPOINT, WEIGHTS = "ckpt.pt", "minisd.safetensors"
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m minisd train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/minisd", help="folder for checkpoint, weights and log")
+    p.add_argument("--vae", help="a new run's autoencoder: the vae.safetensors train-vae wrote")
     p.add_argument("--resume", help="ckpt.pt of an earlier run to continue from")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in all")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training wall time")
-    # Large batches pay: at 32x32 a step costs about the same from 256 to 1024 images (launch-bound).
+    # Large batches pay: a step costs about the same from 256 to 1024 images (launch-bound).
     p.add_argument("--batch-size", type=int, default=1024, help="images a step (256 if memory is short)")
+    p.add_argument("--reuse", type=int, default=1, help="steps on each batch drawn (see above)")
     p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument("--warmup", type=int, default=300, help="linear learning-rate warm-up, in steps")
     p.add_argument("--ema-decay", type=float, default=0.9995)
@@ -78,6 +85,7 @@ def check_args(args):
     if args.minutes is not None:
         checks.number_range("minutes", args.minutes, 0, low_open=True)
     checks.int_range("batch_size", args.batch_size)
+    checks.int_range("reuse", args.reuse)
     checks.number_range("lr", args.lr, 0, 1, low_open=True)
     checks.int_range("warmup", args.warmup, why=" (1 = no warm-up)")
     checks.number_range("ema_decay", args.ema_decay, 0, 1)
@@ -99,6 +107,12 @@ def check_args(args):
         raise CliError(f"--device {args.device}: torch finds no CUDA GPU here; use --device cpu", EXIT_USAGE)
     if args.resume and args.overwrite:
         raise CliError("--resume continues a run and --overwrite starts over: give one of them", EXIT_USAGE)
+    if bool(args.resume) == bool(args.vae):
+        raise CliError(
+            "a new run needs --vae (the vae.safetensors of python -m minisd train-vae); a resumed run keeps "
+            "its checkpoint's autoencoder: give --vae or --resume, not both",
+            EXIT_USAGE,
+        )
 
 
 def check_out(args, weights_name=WEIGHTS):
@@ -124,7 +138,7 @@ def check_out(args, weights_name=WEIGHTS):
 
 
 class RandomBatches(torch.utils.data.IterableDataset):
-    """An endless stream of (images, token ids) batches; each worker draws from its own seeded generator."""
+    """An endless stream of (scenes, token ids) batches; each worker draws from its own seeded generator."""
 
     def __init__(self, batch_size, seed):
         self.batch_size, self.seed = batch_size, seed
@@ -133,7 +147,7 @@ class RandomBatches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([*self.seed, info.id if info else 0])
         while True:
-            images, prompts = data.make_batch(self.batch_size, rng)
+            images, prompts = scenes.make_batch(self.batch_size, rng)
             yield torch.from_numpy(images), torch.from_numpy(text.tokenize(prompts))
 
 
@@ -292,23 +306,47 @@ def update_ema(ema, model, decay):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
-def diffusion_loss(model, images, ids, alphas_cumprod, generator=None):
-    """Noise each image to a random timestep; mean squared error of the predicted noise."""
-    n = images.shape[0]
-    t = torch.randint(0, len(alphas_cumprod), (n,), device=images.device, generator=generator)
-    noise = torch.randn(images.shape, device=images.device, generator=generator)
+@torch.no_grad()
+def to_latents(vae, images, scaling_factor, generator=None):
+    """Images -> what the UNet learns to denoise: a sample of the encoder's Gaussian (as Stable Diffusion
+    trains), times scaling_factor, so that the latents have unit variance as the noise does."""
+    mean, logvar = vae.encode(images)
+    noise = torch.randn(mean.shape, device=mean.device, generator=generator)
+    return (mean.float() + torch.exp(0.5 * logvar.float()) * noise) * scaling_factor
+
+
+def diffusion_loss(model, latents, ids, alphas_cumprod, generator=None):
+    """Noise each sample to a random timestep; mean squared error of the predicted noise."""
+    n = latents.shape[0]
+    t = torch.randint(0, len(alphas_cumprod), (n,), device=latents.device, generator=generator)
+    noise = torch.randn(latents.shape, device=latents.device, generator=generator)
     a = alphas_cumprod[t].view(n, 1, 1, 1)
-    noisy = a.sqrt() * images + (1 - a).sqrt() * noise
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     eps = model(noisy, t, ids)
     return F.mse_loss(eps.float(), noise)
 
 
 def prepare(args):
-    """Every check, then the run's folder and the model (resumed or new): nothing slow happens before
-    a bad option or a broken --resume file is reported."""
+    """Every check, then the run's folder and the model (resumed or new, its autoencoder frozen): nothing
+    slow happens before a bad option, a broken --vae or a broken --resume file is reported."""
     check_args(args)
+    vae = None
+    if args.vae:
+        try:
+            vae = weights.load_vae(args.vae)
+        except weights.WeightsError as err:
+            raise CliError(f"--vae: {err}") from None
     out, resumed = open_run(args)
-    return (out, *restore(args, resumed, MiniSD(resumed[0]["config"] if resumed else None)))
+    if resumed:
+        model = MiniSD(resumed[0]["config"])
+    else:
+        state, vae_config = vae
+        model = MiniSD(architecture.default_config() | vae_config)
+        model.vae.load_state_dict({k.removeprefix("vae."): torch.from_numpy(v) for k, v in state.items()})
+    if model.vae is None:
+        raise CliError(f"--resume {args.resume}: its model has no autoencoder (a pixel-space minisd)")
+    model.vae.requires_grad_(False)
+    return (out, *restore(args, resumed, model))
 
 
 def open_run(args, weights_name=WEIGHTS):
@@ -366,7 +404,9 @@ def train(args):
     memory_format = torch.channels_last if on_gpu else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     ema.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, fused=on_gpu)
+    trained = [p for p in model.parameters() if p.requires_grad]  # the text encoder and the UNet
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01, fused=on_gpu)
+    scaling_factor = model.config["vae"]["scaling_factor"]
     alphas_cumprod = torch.tensor(
         DDPMScheduler.from_config(model.config["scheduler"]).alphas_cumprod, device=device
     )
@@ -400,21 +440,23 @@ def train(args):
         while (
             not stop.signum and (args.steps is None or step < args.steps) and time.time() - start < budget_s
         ):
-            t0 = time.time()
-            images, ids = next(stream)
-            waited += time.time() - t0
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            ids = ids.to(device, non_blocking=True)
-            drop = torch.rand(ids.shape[0], device=device) < CFG_DROPOUT
-            ids = ids.masked_fill(drop[:, None], 0)  # all <pad> = the empty prompt ""
+            if (step - first_step) % args.reuse == 0:
+                t0 = time.time()
+                images, prompt_ids = next(stream)
+                waited += time.time() - t0
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                prompt_ids = prompt_ids.to(device, non_blocking=True)
+            drop = torch.rand(prompt_ids.shape[0], device=device) < CFG_DROPOUT
+            ids = prompt_ids.masked_fill(drop[:, None], 0)  # all <pad> = the empty prompt ""
 
             for group in opt.param_groups:  # warm up again after a resume: Adam's moments start from zero
                 group["lr"] = args.lr * min(1.0, (step - first_step + 1) / args.warmup)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                loss = diffusion_loss(model, images, ids, alphas_cumprod)
+                latents = to_latents(model.vae, images, scaling_factor)
+                loss = diffusion_loss(model, latents, ids, alphas_cumprod)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             step += 1
             # Early on the average should forget its random start quickly: decay grows towards ema_decay.
@@ -423,7 +465,7 @@ def train(args):
             losses.append(loss.detach())
             if step % args.log_every == 0:
                 seconds = time.time() - start
-                rate = (step - first_step) * args.batch_size / seconds
+                rate = (step - first_step) * args.batch_size / seconds  # samples (a reused image counts again)
                 mean = torch.stack(losses).mean().item()
                 log(
                     f"step {step:6d}  loss {mean:.4f}  {rate:7.0f} img/s  data wait {waited:5.1f} s  {seconds:6.0f} s"

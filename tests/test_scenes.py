@@ -1,4 +1,4 @@
-"""minisd.scenes and minisd.scene_text: the grammar, its errors, the drawing (inside, apart, where the prompt
+"""minisd.scenes and minisd.text: the grammar, its errors, the drawing (inside, apart, where the prompt
 says), the batch, the prompt distribution and the tokenizer."""
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from minisd import data, scene_text, scenes, text
+from minisd import data, scenes, text
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,9 @@ def test_every_prompt_parses_back_to_itself(every_prompt):
 
 def test_the_vocabulary_is_exactly_the_grammars_words(every_prompt):
     used = {word for prompt in every_prompt for word in prompt.split()}
-    assert scene_text.VOCAB[0] == "<pad>" and len(set(scene_text.VOCAB)) == len(scene_text.VOCAB)
-    assert set(scene_text.VOCAB[1:]) == used
-    assert scene_text.VOCAB[: len(text.VOCAB)] == text.VOCAB, "the 32x32 model's words keep their ids"
-    assert scene_text.MAX_LENGTH == max(len(prompt.split()) for prompt in every_prompt)
+    assert text.VOCAB[0] == "<pad>" and len(set(text.VOCAB)) == len(text.VOCAB)
+    assert set(text.VOCAB[1:]) == used
+    assert text.MAX_LENGTH == max(len(prompt.split()) for prompt in every_prompt)
 
 
 def test_parse_reads_every_field():
@@ -249,27 +248,27 @@ def test_edges_are_anti_aliased():
 
 def test_tokenize_round_trips_to_the_canonical_prompt(batch):
     prompts = batch[1][:50]
-    ids = scene_text.tokenize(prompts)
-    assert ids.dtype == np.int64 and ids.shape == (50, scene_text.MAX_LENGTH)
-    assert scene_text.detokenize(ids) == prompts
-    typed = scene_text.tokenize("A Big ORANGE heart above  a small blue circle on an white background.")
-    assert scene_text.detokenize(typed) == [
+    ids = text.tokenize(prompts)
+    assert ids.dtype == np.int64 and ids.shape == (50, text.MAX_LENGTH)
+    assert text.detokenize(ids) == prompts
+    typed = text.tokenize("A Big ORANGE heart above  a small blue circle on an white background.")
+    assert text.detokenize(typed) == [
         "a big orange heart above a small blue circle on a white background"
     ]
 
 
 def test_tokenize_ids_and_padding():
-    v = scene_text.VOCAB.index
-    ids = scene_text.tokenize(["a big red star on the left on a white background", ""])
+    v = text.VOCAB.index
+    ids = text.tokenize(["a big red star on the left on a white background", ""])
     words = "a big red star on the left on a white background".split()
-    assert ids[0].tolist() == [v(w) for w in words] + [0] * (scene_text.MAX_LENGTH - len(words))
-    assert (ids[1] == 0).all() and (scene_text.tokenize("  ") == 0).all(), (
+    assert ids[0].tolist() == [v(w) for w in words] + [0] * (text.MAX_LENGTH - len(words))
+    assert (ids[1] == 0).all() and (text.tokenize("  ") == 0).all(), (
         "the unconditional prompt is all <pad>"
     )
 
 
 def test_tokenize_refuses_what_parse_refuses():
     with pytest.raises(scenes.PromptError, match="word 3 is 'dragon'"):
-        scene_text.tokenize(["a big dragon star on the left on a white background"])
+        text.tokenize(["a big dragon star on the left on a white background"])
     with pytest.raises(TypeError, match="prompt 1 is a int"):
-        scene_text.tokenize(["", 3])
+        text.tokenize(["", 3])
