@@ -1,6 +1,6 @@
 """``python -m minisd {sample,info,profile,train,train-vae,eval,bench,export}`` (also installed as the ``minisd`` command).
 
-python -m minisd sample --prompt "a red circle on a blue background" --num-images 4 --out grid.png
+python -m minisd sample --prompt "a small red star left of a big blue circle on a white background" --out grid.png
 python -m minisd info
 python -m minisd profile --batch 64 --json profile.json   # one step's time by op, and a roofline PNG
 """
@@ -13,7 +13,7 @@ import warnings
 from minisd.checks import EXIT_USAGE, CliError
 
 MAX_IMAGES = 1024  # a run samples all its images as one batch: split a bigger job into runs with other seeds
-MAX_SCALE = 32  # a 32x32 image becomes 1024x1024 pixels
+MAX_SCALE = 16  # a 64x64 image becomes 1024x1024 pixels
 MAX_REPEATS = 100  # profile's timed steps
 
 
@@ -26,8 +26,9 @@ def sample_parser(sub):
     p = sub.add_parser(
         "sample",
         help="generate images from prompts and save them as a PNG grid",
-        description=f"Prompts follow one sentence: {GRAMMAR}. Case, spacing, 'an' and a trailing full stop "
-        "do not matter.",
+        description=f"Prompts follow one grammar: {GRAMMAR}. SIZE is small or big; PLACE is on the left, on "
+        "the right, at the top, at the bottom or in the centre; RELATION is left of, right of, above or below. "
+        "Case, spacing, 'an' and a trailing full stop do not matter.",
     )
     p.add_argument("--prompt", action="append", help=f"repeat for several rows (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
@@ -53,13 +54,13 @@ def sample_parser(sub):
         help=f"the UNet's arithmetic on CuPy: fp32, or fp16/bf16 tensor cores (default {DEFAULT_PRECISION} on "
         "CuPy, fp32 elsewhere)",
     )
-    p.add_argument("--size", type=int, help="image side in pixels, a multiple of 4 (default: the model's 32)")
+    p.add_argument("--size", type=int, help="image side in pixels, a multiple of 16 (default: the model's 64)")
     p.add_argument(
         "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
     )
     p.add_argument("--out", default="minisd_samples.png", help="PNG to write (default minisd_samples.png)")
     p.add_argument(
-        "--scale", type=int, default=4, help=f"pixel upscaling of the grid, 1 to {MAX_SCALE} (default 4)"
+        "--scale", type=int, default=2, help=f"pixel upscaling of the grid, 1 to {MAX_SCALE} (default 2)"
     )
     return p
 
@@ -86,7 +87,7 @@ def check_sample_args(args):
         ),
     )
     checks.int_range("scale", args.scale, high=MAX_SCALE)
-    width, height = grid_size(args.prompt, args.num_images, args.scale)
+    width, height = grid_size(args.prompt, args.num_images, args.scale, args.size or 64)
     if width * height > MAX_PIXELS:
         raise CliError(
             f"the grid would be {width} x {height} pixels, more than the {MAX_PIXELS / 1e6:.0f} million PIL "
@@ -101,11 +102,10 @@ def check_sample_args(args):
         # say so before any work: the simulator runs every CUDA thread as a Python thread
         raise CliError(
             f"--kernels {args.kernels} runs {args.kernels}/lesson11.py's Numba kernels, and without a GPU they "
-            "run in the CUDA simulator (one Python thread per CUDA thread): a full 32x32 sample takes hours "
-            "and needs a GPU. On this CPU, run them end to end at a small size instead (about a minute of "
-            f"CPU time, with a progress bar): python -m minisd sample --kernels {args.kernels} --size 4 "
-            "--steps 1 --guidance 1 --num-images 1 (--size 8: about two minutes; --size 32 runs the full "
-            "size anyway)",
+            "run in the CUDA simulator (one Python thread per CUDA thread): a full 64x64 sample takes hours "
+            "and needs a GPU. On this CPU, run them end to end at the smallest size instead (a few minutes of "
+            f"CPU time, with a progress bar): python -m minisd sample --kernels {args.kernels} --size 16 "
+            "--steps 1 --guidance 1 --num-images 1 (--size 64 runs the full size anyway)",
             EXIT_USAGE,
         )
     args.backend = checks.backend(args.backend)

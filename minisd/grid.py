@@ -1,4 +1,4 @@
-"""A PNG grid of samples: one row per prompt, captioned, upscaled so 32x32 images are visible."""
+"""A PNG grid of samples: one row per prompt, captioned, upscaled so 64x64 images are easy to see."""
 
 from pathlib import Path
 
@@ -12,7 +12,7 @@ CAPTION_HEIGHT = 16  # pixels above each row, after upscaling
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # ~89 MP: PIL refuses to open larger images (a decompression-bomb guard)
 
 
-def grid_size(prompts, per_prompt, scale, image_size=32):
+def grid_size(prompts, per_prompt, scale, image_size=64):
     """(width, height) in pixels of the grid ``save_grid`` draws: known before any image is sampled."""
     cell = (image_size + GAP) * scale
     width = max(per_prompt * cell + GAP * scale, 8 * max(len(p) for p in prompts))
