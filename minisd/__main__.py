@@ -18,6 +18,7 @@ MAX_REPEATS = 100  # profile's timed steps
 
 
 def sample_parser(sub):
+    from minisd.data import COLORS, SHAPES
     from minisd.lesson_kernels import KERNEL_SOURCES
     from minisd.mode import BACKENDS
     from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_PROMPT, DEFAULT_STEPS, PRECISIONS
@@ -26,9 +27,10 @@ def sample_parser(sub):
     p = sub.add_parser(
         "sample",
         help="generate images from prompts and save them as a PNG grid",
-        description=f"Prompts follow one grammar: {GRAMMAR}. SIZE is small or big; PLACE is on the left, on "
-        "the right, at the top, at the bottom or in the centre; RELATION is left of, right of, above or below. "
-        "Case, spacing, 'an' and a trailing full stop do not matter.",
+        description=f"Prompts follow one grammar: {GRAMMAR}. SIZE is small or big; COLOR is "
+        f"{', '.join(COLORS)}, never the background's colour; SHAPE is {', '.join(SHAPES)}; PLACE is on the "
+        "left, on the right, at the top, at the bottom or in the centre; RELATION is left of, right of, above "
+        "or below. Case, spacing, 'an' and a trailing full stop do not matter.",
     )
     p.add_argument("--prompt", action="append", help=f"repeat for several rows (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
@@ -45,8 +47,8 @@ def sample_parser(sub):
         "--kernels",
         choices=KERNEL_SOURCES,
         default="minisd",
-        help="whose kernels run the ops: minisd's, or lesson 11's (solutions/ or exercises/lesson11.py, "
-        "each op probed first; numpy arrays in and out)",
+        help="whose kernels run the ops: minisd's, or the lessons' (solutions/ or exercises/: lesson11.py's "
+        "ops and blocks, lesson13.py's fused upsample + conv; each op probed first; numpy arrays in and out)",
     )
     p.add_argument(
         "--precision",
@@ -54,7 +56,9 @@ def sample_parser(sub):
         help=f"the UNet's arithmetic on CuPy: fp32, or fp16/bf16 tensor cores (default {DEFAULT_PRECISION} on "
         "CuPy, fp32 elsewhere)",
     )
-    p.add_argument("--size", type=int, help="image side in pixels, a multiple of 16 (default: the model's 64)")
+    p.add_argument(
+        "--size", type=int, help="image side in pixels, a multiple of 16 (default: the model's 64)"
+    )
     p.add_argument(
         "--weights", help="a minisd .safetensors file (default: the trained one in minisd/weights)"
     )

@@ -31,7 +31,10 @@ import minisd.mode as mode
 from minisd import files
 from minisd.pipeline import DEFAULT_GUIDANCE, DEFAULT_PRECISION, MiniSDPipeline, check_guidance
 
-PROMPTS = ["a red circle on a blue background", "a yellow star on a black background"]
+PROMPTS = [
+    "a small red star left of a big blue circle on a white background",
+    "a big yellow heart at the top on a black background",
+]
 OURS = f"minisd-cupy-graphs-{DEFAULT_PRECISION}"  # what `minisd sample` runs on a GPU
 BEST_TORCH = "torch-compile-bf16"  # the fastest thing a user could pick instead (measured on an H200)
 NUMBA = "minisd-numba-graphs"

@@ -9,7 +9,9 @@ inputs (seconds, even in the simulator), against minisd's own numpy op. Each op 
   refuses with LessonKernelsError naming each such op. A wrong kernel is reported, never replaced.
 
 An op the module does not define is minisd's. The two blocks of exercises 11.3 and 11.4 (``resnet_block``,
-``transformer_block``) plug in the same way, through ``LessonForward``. After the probe, every result is
+``transformer_block``) plug in the same way, through ``LessonForward``, and so does lesson 13's fused
+``upsample_conv2d`` (exercise 13.3, from ``<source>/lesson13.py`` where that file exists), through
+``LessonOps``: every conv2d(..., upsample=True) of the decoder and the UNet. After the probe, every result is
 still checked (shape, dtype, finite values): a bug that only larger inputs show stops the run with the
 op's name instead of drawing a wrong picture.
 
@@ -53,6 +55,7 @@ OPS = (
     "randn",
 )
 BLOCKS = ("resnet_block", "transformer_block")  # lesson 11's exercises 11.3 and 11.4
+FUSED = ("upsample_conv2d",)  # lesson 13's 13.3: nearest x2 + 3x3 conv, conv2d(..., upsample=True)
 PROBE_TOL = 1e-4  # max |theirs - minisd's| / max |minisd's|: float32 summed in another order is ~1e-6
 
 
@@ -151,26 +154,35 @@ def _block_probes(rng, ops):
     return probes
 
 
-def probe(lesson):
-    """{name: Probe} for every op and block of OPS and BLOCKS: run the lesson's on tiny inputs."""
+def _fused_probes(rng, ops):
+    """(the lesson's arguments, minisd's result) for each of FUSED: ragged, more output than input channels."""
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((1, 2, 3, 2), (3, 2, 3, 3), (3,)))
+    return {"upsample_conv2d": ((x, w, b), ops.conv2d(x, w, b, 1, 1, upsample=True))}
+
+
+def _probe_one(theirs, name, args, ref):
+    if theirs is None:
+        return Probe(name, "not in the file")
+    try:
+        problem = _problem(theirs(*args), ref)
+    except NotImplementedError as err:
+        return Probe(name, "not implemented", str(err))
+    except Exception as err:  # a bug in the learner's code: say which, and how it failed
+        problem = f"raised {type(err).__name__}: {err}"
+    return Probe(name, "wrong", problem) if problem else Probe(name, "yours")
+
+
+def probe(lesson, lesson13=None):
+    """{name: Probe} for every op and block of OPS and BLOCKS (and FUSED, from ``lesson13`` when given): run
+    the lesson's on tiny inputs."""
     rng = np.random.default_rng(11)
     ops = Ops("numpy")
     cases = {name: (args, getattr(ops, name)(*args)) for name, args in _op_probes(rng).items()}
     cases |= _block_probes(rng, ops)
-    report = {}
-    for name, (args, ref) in cases.items():
-        theirs = getattr(lesson, name, None)
-        if theirs is None:
-            report[name] = Probe(name, "not in the file")
-            continue
-        try:
-            problem = _problem(theirs(*args), ref)
-        except NotImplementedError as err:
-            report[name] = Probe(name, "not implemented", str(err))
-            continue
-        except Exception as err:  # a bug in the learner's code: say which, and how it failed
-            problem = f"raised {type(err).__name__}: {err}"
-        report[name] = Probe(name, "wrong", problem) if problem else Probe(name, "yours")
+    report = {name: _probe_one(getattr(lesson, name, None), name, *case) for name, case in cases.items()}
+    if lesson13 is not None:
+        for name, case in _fused_probes(rng, ops).items():
+            report[name] = _probe_one(getattr(lesson13, name, None), name, *case)
     return report
 
 
@@ -193,17 +205,17 @@ class LessonKernels:
     """The lesson's functions as a kernel module for ``Ops("numpy", kernels=...)`` (the backend convention
     of minisd.ops: arrays and parameters, then ``out``), minisd's numpy kernels where it has none."""
 
-    def __init__(self, where, lesson, yours):
+    def __init__(self, where, lesson, yours, lesson13=None):
         self.where, self.lesson, self.yours = where, lesson, frozenset(yours)
+        self.lesson13 = lesson13  # <source>.lesson13, for FUSED (None where there is no such file)
 
     def checked(self, name, result, shape):
         """``result`` of the lesson's ``name``, refused unless it is float32, finite and of ``shape``
         (its numbers were checked by the probe)."""
         problem = _malformed(result, shape)
         if problem:
-            raise LessonKernelsError(
-                f"{self.where}.{name}() {problem}, for an output of shape {tuple(shape)}"
-            )
+            where = self.lesson13.__name__ if name in FUSED else self.where
+            raise LessonKernelsError(f"{where}.{name}() {problem}, for an output of shape {tuple(shape)}")
         return result
 
     def _put(self, name, result, out):
@@ -304,6 +316,21 @@ class LessonKernels:
         return self._put("randn", self.lesson.randn(shape, seed), out)
 
 
+class LessonOps(Ops):
+    """Ops on LessonKernels whose conv2d(..., upsample=True) is lesson 13's fused upsample_conv2d where that
+    is the lesson's and the conv is an Upsample2D's (3x3, stride 1, padding 1, nothing added after)."""
+
+    def conv2d(
+        self, x, weight, bias=None, stride=1, padding=0, residual=None, channel_add=None, upsample=False
+    ):
+        fused = upsample and "upsample_conv2d" in self.kernels.yours and tuple(weight.shape[2:]) == (3, 3)
+        if not fused or (stride, padding) != (1, 1) or residual is not None or channel_add is not None:
+            return super().conv2d(x, weight, bias, stride, padding, residual, channel_add, upsample)
+        n, _, h, w = x.shape
+        out = self.kernels.lesson13.upsample_conv2d(x, weight, bias)
+        return self.kernels.checked("upsample_conv2d", out, (n, weight.shape[0], 2 * h, 2 * w))
+
+
 class LessonForward(Forward):
     """minisd's forward pass with the lesson's resnet_block and transformer_block where they are its own
     (``ops`` must hold LessonKernels, as ``load`` makes it)."""
@@ -336,9 +363,19 @@ class LessonForward(Forward):
         return self.kernels.checked("transformer_block", out, tokens.shape)
 
 
+def _lesson13(source):
+    """``<source>/lesson13.py`` (its fused upsample_conv2d), or None where the file does not exist."""
+    try:
+        return importlib.import_module(f"{source}.lesson13")
+    except ModuleNotFoundError as err:
+        if err.name != f"{source}.lesson13":
+            raise
+        return None
+
+
 def load(source, log=print):
-    """(Ops, Forward class) running ``<source>/lesson11.py``'s probed kernels; LessonKernelsError when the
-    file is missing, implements nothing yet, or has a wrong op."""
+    """(Ops, Forward class) running ``<source>/lesson11.py``'s probed kernels (and lesson13.py's FUSED);
+    LessonKernelsError when lesson11.py is missing, nothing is implemented yet, or an op is wrong."""
     if source not in KERNEL_SOURCES[1:]:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_SOURCES)}, got {source!r}")
     where, file = f"{source}.lesson11", f"{source}/lesson11.py"
@@ -348,15 +385,18 @@ def load(source, log=print):
         if err.name not in (source, where):
             raise
         raise LessonKernelsError(f"{file} does not exist: use --kernels minisd") from None
+    lesson13 = _lesson13(source)
     start = time.perf_counter()
-    report = probe(lesson)
-    log(_summary(file, report, time.perf_counter() - start))
+    report = probe(lesson, lesson13)
+    files = file if lesson13 is None else f"{file} (and lesson13.py's {', '.join(FUSED)})"
+    log(_summary(files, report, time.perf_counter() - start))
     wrong = [p.name for p in report.values() if p.status == "wrong"]
     if wrong:
+        where = f"{source}/lesson13.py" if set(wrong) <= set(FUSED) else file
         raise LessonKernelsError(
-            f"{file}: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} wrong (see above); fix "
+            f"{where}: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} wrong (see above); fix "
             f"{'it' if len(wrong) == 1 else 'them'}, or delete {'it' if len(wrong) == 1 else 'them'} "
-            f"from {file} to run minisd's"
+            f"from {where} to run minisd's"
         )
     yours = [p.name for p in report.values() if p.status == "yours"]
     if not yours:
@@ -364,4 +404,4 @@ def load(source, log=print):
             f"{file} implements none of minisd's ops yet (each raised NotImplementedError); finish lesson "
             "11's exercises, or use --kernels minisd"
         )
-    return Ops("numpy", kernels=LessonKernels(where, lesson, yours)), LessonForward
+    return LessonOps("numpy", kernels=LessonKernels(where, lesson, yours, lesson13)), LessonForward

@@ -232,7 +232,9 @@ class MiniSDPipeline:
         self.sampler = Sampler(self.ops, self.net)
         # The decoder runs in float32 on every backend, once per image: its cost is a fraction of one UNet step.
         vae = self.arch.vae
-        self.vae = None if vae is None else VAEForward(self.ops, prepare_vae_params(state, vae, self.ops), vae)
+        self.vae = (
+            None if vae is None else VAEForward(self.ops, prepare_vae_params(state, vae, self.ops), vae)
+        )
         self.graphs = None
         # Eager on numpy, without CuPy (the simulator cannot capture) and for a lesson's kernels (numpy in and
         # out: minisd/lesson_kernels.py says why a graph cannot hold them).
@@ -261,7 +263,8 @@ class MiniSDPipeline:
     def plan(self, batch, num_inference_steps, guidance_scale, height=None, width=None):
         """The plan for images of ``height`` x ``width`` pixels (default: the model's); it samples latents."""
         u, scale = self.arch.unet, self.latent_scale
-        height, width = height or self.image_size, width or self.image_size
+        height = self.image_size if height is None else height
+        width = self.image_size if width is None else width
         multiple = 2**u.downsamplings * scale
         why = f"the UNet halves the {'latents' if scale > 1 else 'image'} {u.downsamplings}x"
         why += f", which are {scale}x smaller than the image" if scale > 1 else ""

@@ -465,7 +465,9 @@ def train(args):
             losses.append(loss.detach())
             if step % args.log_every == 0:
                 seconds = time.time() - start
-                rate = (step - first_step) * args.batch_size / seconds  # samples (a reused image counts again)
+                rate = (
+                    (step - first_step) * args.batch_size / seconds
+                )  # samples (a reused image counts again)
                 mean = torch.stack(losses).mean().item()
                 log(
                     f"step {step:6d}  loss {mean:.4f}  {rate:7.0f} img/s  data wait {waited:5.1f} s  {seconds:6.0f} s"

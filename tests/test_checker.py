@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from minisd import data, checker, scenes
+from minisd import checker, data, scenes
 
 ATTRIBUTES = ("shape", "color", "size", "place", "background")
 

@@ -16,10 +16,11 @@ from minisd import weights
 from minisd.architecture import default_config
 from minisd.data import COLORS, SHAPES
 from minisd.model import MiniSD
-from minisd.text import VOCAB
+from minisd.scenes import SIZES
 
 REPO = Path(__file__).resolve().parents[1]
-P1, P2 = "a red star on a green background", "a blue heart on a white background"
+P1 = "a big red star on the left on a green background"
+P2 = "a small blue heart left of a big red circle on a white background"
 
 
 def minisd_cli(*args, env=None):
@@ -45,7 +46,7 @@ def weights_file(tmp_path_factory):
 
 def test_sample_writes_a_captioned_grid(weights_file, tmp_path):
     out = tmp_path / "grid.png"
-    prompts = ["An orange star on a green background.", "a blue heart on a white background"]  # variants ok
+    prompts = ["An  BIG orange star at the top on a green background.", P2]  # variants ok
     args = ["sample", "--weights", weights_file, "--steps", 1, "--num-images", 3, "--out", out, "--scale", 2]
     result = minisd_cli(*args, "--prompt", prompts[0], "--prompt", prompts[1], "--backend", "numpy")
     assert result.returncode == 0, result.stderr
@@ -55,16 +56,15 @@ def test_sample_writes_a_captioned_grid(weights_file, tmp_path):
     assert "denoising" in result.stderr  # the tqdm bar
     image = np.asarray(Image.open(out))
     assert image.ndim == 3 and image.shape[2] == 3
-    assert image.shape[0] >= 2 * 2 * 32 and image.shape[1] >= 3 * 2 * 32, image.shape  # 2 rows, 3 columns, x2
+    assert image.shape[0] >= 2 * 2 * 64 and image.shape[1] >= 3 * 2 * 64, image.shape  # 2 rows, 3 columns, x2
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, "the grid should hold (noisy) pictures"
 
 
-def test_unknown_word_exits_2_with_the_vocabulary():
-    result = minisd_cli("sample", "--prompt", "a pink unicorn on a blue background")
+def test_unknown_word_exits_2_naming_it_and_what_is_allowed():
+    result = minisd_cli("sample", "--prompt", "a big pink star on the left on a blue background")
     assert result.returncode == 2
-    assert "unknown word 'pink'" in result.stderr
-    assert all(word in result.stderr for word in VOCAB[1:])
-    assert "Traceback" not in result.stderr
+    assert "word 3 is 'pink', but a colour goes there: " + ", ".join(COLORS) in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bad_backend_is_a_clear_error():
@@ -110,7 +110,7 @@ def test_bad_numbers_are_usage_errors():
         (["--out", "grid.jpg"], "--out must name a .png file"),
         (["--steps", 1001], "--steps must be at most 1000, the timesteps this model was trained on"),
         (["--steps", 5000], "--steps must be at most 1000"),
-        (["--scale", 100000], "--scale must be at most 32, got 100000"),
+        (["--scale", 100000], "--scale must be at most 16, got 100000"),
         (["--scale", 0], "--scale must be at least 1"),
         (["--num-images", 0], "--num-images must be at least 1"),
         (
@@ -122,13 +122,43 @@ def test_bad_numbers_are_usage_errors():
             "--num-images must be at most 512 with 2 prompts",
         ),
         (
-            ["--num-images", 200, "--scale", 32],
-            "the grid would be 217664 x 1168 pixels, more than the 89 million",
+            ["--num-images", 200, "--scale", 16],
+            "the grid would be 211232 x 1104 pixels, more than the 89 million",  # 64x64 images
         ),
-        (["--prompt", "red circle"], "prompt 'red circle' does not follow minisd's sentence"),
-        (["--prompt", "star heart"], "prompt 'star heart' does not follow minisd's sentence"),
-        (["--prompt", ""], "prompt '' is empty: write 'a COLOR SHAPE on a COLOR background'"),
-        (["--prompt", "a red circle on a red background"], "choose two different colours"),
+        (["--prompt", "red circle"], "prompt 'red circle': word 1 is 'red', but 'a' goes there"),
+        (
+            ["--prompt", "a red circle on a blue background"],  # the old grammar: no size, no place
+            "prompt 'a red circle on a blue background': word 2 is 'red', but a size goes there: small, big",
+        ),
+        (
+            ["--prompt", "a big red circle on a blue background"],
+            "word 6 is 'a', but a place or a relation goes there: on the left, on the right",  # "on" fits
+        ),
+        (
+            ["--prompt", "a big red circle in the middle on a blue background"],
+            "word 7 is 'middle', but a place or a relation goes there: in the centre",
+        ),
+        (
+            ["--prompt", "a big red circle on the left on a blue background in a field"],
+            "word 12 'in' comes after the end; nothing may follow 'background'",
+        ),
+        (
+            ["--prompt", "a big red circle left of a small red circle on a blue background"],
+            "word 10 'circle' makes the second object a red circle like the first; allowed there: another "
+            "shape (square, triangle, star, heart), or give it another colour",
+        ),
+        (
+            ["--prompt", "a small red star above a big"],
+            "prompt 'a small red star above a big' ends after word 7 'big', but a colour goes there",
+        ),
+        (
+            ["--prompt", ""],
+            "prompt '' has no words; write a SIZE COLOR SHAPE PLACE on a COLOR background, or",
+        ),
+        (
+            ["--prompt", "a big red circle on the left on a red background"],
+            "word 3 'red' is the background's colour (word 10), so the object would not show",
+        ),
         (["--weights", ""], "--weights is empty: give a .safetensors file, or leave --weights out"),
     ],
 )
@@ -173,8 +203,12 @@ def test_sample_help_shows_the_prompt_grammar():
     result = minisd_cli("sample", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "'a COLOR SHAPE on a COLOR background' with two different colours" in text
-    assert all(word in text for word in [*COLORS, *SHAPES]) and "trailing full stop" in text
+    assert "a SIZE COLOR SHAPE PLACE on a COLOR background, or a SIZE COLOR SHAPE RELATION a SIZE" in text
+    assert "PLACE is on the left, on the right, at the top, at the bottom or in the centre" in text
+    assert "RELATION is left of, right of, above or below" in text
+    # the words allowed for COLOR and SHAPE too (as before the scenes), and the one rule on colours
+    assert all(word in text for word in [*COLORS, *SHAPES, *SIZES]) and "trailing full stop" in text
+    assert "the background's colour" in text, "and the rule on colours"
 
 
 def _broken(weights_file, tmp_path, how):
@@ -192,7 +226,7 @@ def _broken(weights_file, tmp_path, how):
         torch.manual_seed(0)
         model = MiniSD(default_config())
         state = model.state_dict()
-        state["unet.conv_in.weight"] = torch.zeros(16, 3, 3, 3)
+        state["unet.conv_in.weight"] = torch.zeros(16, 3, 3, 3)  # a pixel model's, on 3 channels
         weights.save(state, model.config, path)
     return path
 
@@ -202,7 +236,7 @@ def _broken(weights_file, tmp_path, how):
     [
         ("corrupt", "is corrupt or was changed"),
         ("truncated", "is not a readable safetensors file"),
-        ("mismatched", "unet.conv_in.weight: (16, 3, 3, 3) instead of (32, 3, 3, 3)"),
+        ("mismatched", "unet.conv_in.weight: (16, 3, 3, 3) instead of (64, 4, 3, 3)"),  # 4 latent channels
     ],
 )
 def test_broken_weights_are_one_line_errors(weights_file, tmp_path, how, message):
@@ -231,7 +265,7 @@ def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch
     out = tmp_path / "x.png"
     argv = ["sample", "--kernels", "exercises", "--weights", weights_file, "--backend", "numpy"]
     with pytest.raises(SystemExit) as exit_:
-        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--size", "8", "--out", str(out)])
+        main([*map(str, argv), "--steps", "2", "--num-images", "1", "--size", "16", "--out", str(out)])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "exercises/lesson11.py implements none of minisd's ops yet" in err
@@ -239,15 +273,17 @@ def test_untouched_lesson_stubs_are_an_error(weights_file, tmp_path, monkeypatch
 
 
 @pytest.mark.skipif(mode.ON_GPU, reason="checks the no-GPU message")
-def test_lesson_kernels_without_a_gpu_say_the_cost_first():
+def test_lesson_kernels_without_a_gpu_say_the_cost_first(weights_file):
     """Without a GPU a full-size run on a lesson's Numba kernels takes hours: say so before any work, and
     offer the small size that finishes here."""
     result = minisd_cli("sample", "--kernels", "solutions")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "a full 32x32 sample takes hours and needs a GPU" in result.stderr
-    assert "python -m minisd sample --kernels solutions --size 4 --steps 1" in result.stderr
-    result = minisd_cli("sample", "--kernels", "solutions", "--size", "6", "--backend", "numpy")
-    assert result.returncode == 2 and "--size: height must be a multiple of 4" in result.stderr
+    assert "a full 64x64 sample takes hours and needs a GPU" in result.stderr
+    assert "python -m minisd sample --kernels solutions --size 16 --steps 1" in result.stderr
+    args = ["--kernels", "solutions", "--size", "24", "--backend", "numpy", "--weights", weights_file]
+    result = minisd_cli("sample", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--size: height must be a multiple of 16 (the UNet halves the latents 2x" in result.stderr
 
 
 def test_eval_and_bench_options_are_checked():
@@ -296,6 +332,7 @@ def test_bench_runs_what_this_machine_has(weights_file, tmp_path):
     args = ["--batches", 1, "--steps", 4, "--numpy-steps", 2, "--only", "minisd-numpy"]
     result = minisd_cli("bench", *args, "--weights", weights_file, "--out", out)
     assert result.returncode == 0, result.stderr
+    assert "FAILED" not in result.stdout, result.stdout
     report = json.loads(out.read_text())
     numpy_run = report["results"]["minisd-numpy"]["1"]
     assert numpy_run["seconds"] > 0 and numpy_run["timed_steps"] == 2

@@ -29,9 +29,9 @@ if mode.has_cupy():
     from minisd.kernel_backend import cuda
 
 PROMPTS = [
-    "a red circle on a blue background",
-    "a white star on a purple background",
-    "a black heart on a green background",
+    "a big red circle on the left on a blue background",
+    "a small white star at the top on a purple background",
+    "a big black heart right of a small orange triangle on a green background",
 ]
 STEPS = 4
 REPLAY_TOL = 1e-4  # of max|sample|: the same kernels in the same order (in practice equal)
@@ -85,6 +85,7 @@ def test_replays_give_the_eager_loops_samples(model, backend, precision, monkeyp
     graphed = MiniSDPipeline(*model, backend=backend, precision=precision)
     assert isinstance(graphed.graphs, GraphedSampler)
     ref = eager.sample(PROMPTS, STEPS, 3.0, seed=5)
+    assert ref.shape == (3, 3, 64, 64), "the graphs sample 4x16x16 latents, decoded to 64x64 images"
     numba_allocations = count_calls(monkeypatch, cuda, "device_array")  # Numba's own memory, not the pool's
     for run in range(3):  # the plan's first run (eager), capture + replay, replay
         if run == 2:

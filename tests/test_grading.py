@@ -274,12 +274,12 @@ def test_score_card_is_short_and_last(graded):
     _, output = graded["stubs"]
     lines = output.rstrip().splitlines()
     assert "score card: exercises/" in output
-    assert re.match(r"score: 0/58 exercises", lines[-1]), lines[-5:]
+    assert re.match(r"score: 0/62 exercises", lines[-1]), lines[-5:]
     assert "Traceback" not in output and not any(ln.startswith("FAILED") for ln in lines), output[:3000]
     card = output.split("score card:", 1)[1].splitlines()
     assert len(card) < 8 * 58, f"{len(card)} lines for 58 exercises: one short paragraph each"
     assert "Numba's CUDA simulator" in output and re.search(
-        r"graded 13 lessons \(136 tests\) in \d+ s", output
+        r"graded 14 lessons \(145 tests\) in \d+ s", output
     )
     assert f"--seed {SEED}" in output, "a failed run must print the seed that reproduces its data"
     assert "hint:" in output and "answer:" not in output, "the default hint is the idea, not the answer"

@@ -17,7 +17,15 @@ def model():
 
 
 def test_forward_shapes(model):
-    ids = torch.from_numpy(text.tokenize(["a big red star on the left on a blue background", "", "a small white square above a big red star on a blue background"]))
+    ids = torch.from_numpy(
+        text.tokenize(
+            [
+                "a big red star on the left on a blue background",
+                "",
+                "a small white square above a big red star on a blue background",
+            ]
+        )
+    )
     context = model.text_encoder(ids)
     assert context.shape == (3, 14, 64)
     sample = torch.randn(3, 4, 16, 16)  # latents

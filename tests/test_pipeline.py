@@ -1,6 +1,6 @@
 """minisd.pipeline and minisd.forward: the networks on the course's ops against the torch model (float64
-oracle), the sampling loop against the scheduler and against the PyTorch model, determinism, the backend
-checked once. (Speed is measured by `python -m minisd bench`, never asserted here: CI machines vary many-fold.)"""
+oracle), the latents' decoding and the whole pipeline (prompts -> latents -> images) against it too, the
+sampling loop against the scheduler and against the PyTorch model, determinism, the backend checked once. (Speed is measured by `python -m minisd bench`, never asserted here: CI machines vary many-fold.)"""
 
 import copy
 import re
@@ -22,18 +22,28 @@ from minisd.model import MiniSD, ResnetBlock2D, timestep_embedding
 from minisd.ops import Ops
 from minisd.ops.harness import assert_close
 from minisd.pipeline import MiniSDPipeline, SamplingPlan, to_uint8
+from minisd.scenes import PromptError
 from minisd.schedulers import DDIMScheduler
-from minisd.text import VOCAB, tokenize
+from minisd.text import MAX_LENGTH, VOCAB, tokenize
 
-PROMPTS = ["a red circle on a blue background", "", "a green star on a white background"]
+PROMPTS = [
+    "a big red circle on the left on a blue background",
+    "",
+    "a small green star left of a big yellow heart on a white background",  # the longest: MAX_LENGTH tokens
+]
+PROMPT = "a big red circle on the left on a blue background"
 
 
 def ragged_config():
-    """Odd sizes everywhere: 1, 2 and 3 heads of 16, 2 layers per block, 12x12 images, another time embedding."""
+    """Odd sizes everywhere: 1, 2 and 3 heads of 16, 2 layers per block, 3 latent channels of 12x12, another
+    time embedding; an autoencoder of 2 levels (latents 2x smaller than the 24x24 images), 2 layers a block,
+    a scaling factor that is not 1."""
     c = default_config()
     c["text_encoder"].update(hidden_size=24, num_layers=1, num_heads=3, intermediate_size=40)
     c["unet"].update(
         sample_size=12,
+        in_channels=3,
+        out_channels=3,
         block_out_channels=[16, 32, 48],
         layers_per_block=2,
         norm_num_groups=4,
@@ -41,6 +51,16 @@ def ragged_config():
         cross_attention_dim=24,
         flip_sin_to_cos=False,
         freq_shift=1,
+    )
+    c["vae"].update(
+        block_out_channels=[12, 20],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        layers_per_block=2,
+        latent_channels=3,
+        norm_num_groups=4,
+        sample_size=24,
+        scaling_factor=0.6,
     )
     return c
 
@@ -57,6 +77,13 @@ def tiny_config():
         norm_num_groups=4,
         attention_head_dim=[1, 2],
         cross_attention_dim=8,
+    )
+    c["vae"].update(
+        block_out_channels=[8, 8],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=4,
+        sample_size=8,
     )
     return c
 
@@ -101,8 +128,8 @@ def oracle(model, sample, timesteps, ids):
 
 def inputs(config, seed=1):
     rng = np.random.default_rng(seed)
-    size = config["unet"]["sample_size"]
-    sample = rng.standard_normal((len(PROMPTS), 3, size, size)).astype(np.float32)
+    size, channels = config["unet"]["sample_size"], config["unet"]["in_channels"]
+    sample = rng.standard_normal((len(PROMPTS), channels, size, size)).astype(np.float32)
     timesteps = np.array([999, 421, 0], np.int64)
     return sample, timesteps, tokenize(PROMPTS)
 
@@ -114,8 +141,72 @@ def test_numpy_forward_matches_torch_float64(make_config):
     sample, timesteps, ids = inputs(config)
     context, eps = forward_on(Ops("numpy"), model, sample, timesteps, ids)
     ref_context, ref_eps = oracle(model, sample, timesteps, ids)
+    assert eps.shape == sample.shape, "the UNet predicts the noise of its latents"
     assert_close(context, ref_context, 2e-5, "text encoder")
     assert_close(eps, ref_eps, 2e-5, "UNet")
+
+
+def decode_oracle(model, latents):
+    """torch's MiniSD.vae.decode in float64, of latents as the UNet samples them: divided by the scaling
+    factor first, as diffusers' pipelines do."""
+    vae = copy.deepcopy(model.vae).double()
+    with torch.no_grad():
+        return vae.decode(torch.from_numpy(latents).double() / model.config["vae"]["scaling_factor"]).numpy()
+
+
+@pytest.mark.parametrize(
+    "make_config, size", [(default_config, (16, 16)), (ragged_config, (3, 5))], ids=["minisd", "ragged"]
+)
+def test_decode_matches_torch_float64(make_config, size):
+    """pipe.decode, the pipeline's last stage on numpy: 17 latents (two chunks of CPU_CHUNK on the CPU) ->
+    images, against torch's decoder. minisd: 4x16x16 -> 3x64x64; ragged: 3x3x5 latents -> 3x6x10 images
+    (2 levels: 2x), scaling factor 0.6."""
+    config = make_config()
+    model = random_model(config, seed=5)
+    pipe = MiniSDPipeline(state_of(model), config, "numpy")
+    vae = config["vae"]
+    n, scale = pipeline.CPU_CHUNK + 1, 2 ** (len(vae["block_out_channels"]) - 1)
+    assert pipe.latent_scale == scale
+    rng = np.random.default_rng(6)
+    shape = (n, vae["latent_channels"], *size)
+    latents = (vae["scaling_factor"] * rng.standard_normal(shape)).astype(np.float32)
+    images = pipe.decode(latents)
+    assert images.shape == (n, 3, size[0] * scale, size[1] * scale) and images.dtype == np.float32
+    assert_close(images, decode_oracle(model, latents), 2e-5, "decode (numpy)")  # measured <= 1e-6
+    assert np.abs(images[: n - 1] - images[1:]).max() > 0.1, "every latent decodes to its own image"
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0], ids=["unguided", "guided"])
+def test_the_whole_pipeline_matches_torch_float64(guidance):
+    """Prompts -> text encoder -> 3 DDIM steps of the UNet on the latents (with and without guidance) ->
+    decoder -> images: pipe.sample on numpy against the torch model in float64, stepped by diffusers'
+    DDIMScheduler from the same noise. The ragged model at 24x40 pixels (latents 3 x 12 x 20)."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers (the test oracle) is not installed")
+    config = ragged_config()
+    model = random_model(config, seed=6)
+    pipe = MiniSDPipeline(state_of(model), config, "numpy")
+    prompts = [PROMPTS[0], PROMPTS[2]]
+    got = pipe.sample(prompts, 3, guidance, seed=4, height=24, width=40)
+    assert got.shape == (2, 3, 24, 40) and got.dtype == np.float32
+
+    plan = pipe.plan(len(prompts), 3, guidance, height=24, width=40)
+    assert plan.noise_shape(3) == (2, 3, 12, 20)
+    scheduler = diffusers.DDIMScheduler.from_config(config["scheduler"])
+    scheduler.set_timesteps(3)
+    assert plan.timesteps == tuple(int(t) for t in scheduler.timesteps)
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        context = m.text_encoder(torch.from_numpy(tokenize(plan.prompt_rows(prompts))))
+        x = torch.from_numpy(Ops("numpy").randn(plan.noise_shape(3), 4)).double()  # the pipeline's noise
+        for t in scheduler.timesteps:
+            rows = torch.cat([x, x]) if guidance != 1.0 else x
+            eps = m.unet(rows, torch.full((len(rows),), float(t), dtype=torch.float64), context)
+            if guidance != 1.0:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + guidance * (cond - uncond)
+            x = scheduler.step(eps, t, x).prev_sample
+        want = m.vae.decode(x / config["vae"]["scaling_factor"]).numpy()
+    assert_close(got, want, 2e-5, f"pipeline, guidance {guidance}")  # measured <= 5e-7
 
 
 @pytest.mark.parametrize(
@@ -205,23 +296,29 @@ def test_prepared_params_have_canonical_strides():
         assert value.strides == canonical, f"{key}: strides {value.strides}, expected {canonical}"
 
 
+@pytest.mark.parametrize("clip_sample", [False, True], ids=["minisd", "clipped"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_fused_step_is_the_schedulers_step(eta):
+def test_fused_step_is_the_schedulers_step(eta, clip_sample):
     """Drift guard: the loop applies schedulers.StepCoefficients in one fused op (scheduler_step); it must be
-    DDIMScheduler.step (itself checked against diffusers) at every step of minisd's plan."""
-    scheduler = DDIMScheduler.from_config(default_config()["scheduler"])
-    scheduler.set_timesteps(25)
+    DDIMScheduler.step (itself checked against diffusers) at every step of minisd's plan, with the clipping
+    the plan takes from the config (minisd's latents: none; a pixel model's: x_0 clipped to [-1, 1])."""
+    config = default_config()["scheduler"] | {"clip_sample": clip_sample}
+    scheduler = DDIMScheduler.from_config(config)
+    plan = SamplingPlan.make(scheduler, 2, 25, 1.5, 5, 7)
+    assert plan.clip_range == (1.0 if clip_sample else None)
     rng = np.random.default_rng(0)
     ops = Ops("numpy")
     for t in scheduler.timesteps:
-        sample, eps, noise = (rng.standard_normal((2, 3, 5, 7)).astype(np.float32) for _ in range(3))
+        sample, eps, noise = (rng.standard_normal((2, 4, 5, 7)).astype(np.float32) for _ in range(3))
         got = ops.scheduler_step(
-            sample, eps, noise if eta else None, scheduler.step_coefficients(t, eta), 1.0
+            sample, eps, noise if eta else None, scheduler.step_coefficients(t, eta), plan.clip_range
         )
         want = scheduler.step(eps, t, sample, eta=eta, noise=noise).prev_sample
         assert_close(got, want, 2e-6 / scheduler.alpha_prods(t)[0] ** 0.5, f"t={t} eta={eta}")
         a_t, a_prev = scheduler.alpha_prods(t)
-        np.testing.assert_array_equal(ops.ddim_step(sample, eps, a_t, a_prev, eta, noise), got)
+        np.testing.assert_array_equal(
+            ops.ddim_step(sample, eps, a_t, a_prev, eta, noise, clip_sample=clip_sample), got
+        )
 
 
 def test_concat_batch_and_uint8():
@@ -243,11 +340,11 @@ def small_weights(tmp_path_factory):
 
 
 def test_generate_is_deterministic(small_weights):
-    prompts = ["a red circle on a blue background", "a yellow heart on a black background"]
+    prompts = [PROMPT, "a small yellow heart below a big red square on a black background"]
     a = minisd.generate(prompts, num_inference_steps=3, seed=7, backend="numpy", weights_path=small_weights)
     b = minisd.generate(prompts, num_inference_steps=3, seed=7, backend="numpy", weights_path=small_weights)
     c = minisd.generate(prompts, num_inference_steps=3, seed=8, backend="numpy", weights_path=small_weights)
-    assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
+    assert a.shape == (2, 64, 64, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert (a != c).mean() > 0.5, "a different seed should give different images"
 
@@ -259,12 +356,19 @@ def test_guidance_and_plan(small_weights):
     assert plan.timesteps[0] == 999, "trailing spacing starts from pure noise"
     assert plan.prompt_rows(["a", "b"]) == ["", "", "a", "b"], "[unconditional..., conditional...]"
     assert pipe.plan(2, 25, 1.0).rows == 2, "guidance 1 needs no unconditional rows"
-    unguided = pipe("a red circle on a blue background", 2, guidance_scale=1.0)
-    guided = pipe("a red circle on a blue background", 2, guidance_scale=5.0)
-    assert unguided.shape == guided.shape == (1, 32, 32, 3) and (unguided != guided).any()
-    assert pipe("a red circle on a blue background", 1, height=8, width=12).shape == (1, 8, 12, 3)
-    with pytest.raises(ValueError, match="height must be a multiple of 4"):
-        pipe.plan(1, 2, 1.5, height=6)
+    assert pipe.latent_scale == 4 and pipe.image_size == 64
+    assert (plan.height, plan.width, plan.noise_shape(4)) == (16, 16, (2, 4, 16, 16)), "it samples latents"
+    unguided = pipe(PROMPT, 2, guidance_scale=1.0)
+    guided = pipe(PROMPT, 2, guidance_scale=5.0)
+    assert unguided.shape == guided.shape == (1, 64, 64, 3) and (unguided != guided).any()
+    assert set(pipe.last_timings) == {"total_s", "per_step_s", "decode_s"}
+    assert 0 < pipe.last_timings["decode_s"] < pipe.last_timings["total_s"]
+    small = pipe.plan(1, 2, 1.5, height=16, width=48)  # image pixels in, latent sizes out
+    assert (small.height, small.width) == (4, 12)
+    assert pipe(PROMPT, 1, height=16, width=48).shape == (1, 16, 48, 3)
+    for bad in (8, 24, 40):  # the UNet halves the latents twice, which are 4x smaller: multiples of 16
+        with pytest.raises(ValueError, match="height must be a multiple of 16"):
+            pipe.plan(1, 2, 1.5, height=bad)
 
 
 def test_every_scheduler_setting_comes_from_the_weights():
@@ -285,7 +389,7 @@ def test_the_torch_model_is_sampled_by_the_same_loop(small_weights):
     state, config = weights.load(small_weights)
     model = MiniSD(config).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    prompts = ["a red circle on a blue background", "a yellow heart on a black background"]
+    prompts = [PROMPT, "a small yellow heart below a big red square on a black background"]
     for guidance in (1.0, 2.0):
         ours = MiniSDPipeline(state, config, "numpy")(prompts, 4, guidance, seed=3).astype(int)
         theirs = TorchSampler(model)(prompts, 4, guidance, seed=3).astype(int)
@@ -310,7 +414,7 @@ def test_the_torch_sampler_takes_a_wrapped_unet(small_weights):
             calls.append(1)
             return model.unet(*args)
 
-    prompt = ["a red circle on a blue background"]
+    prompt = [PROMPT]
     theirs = TorchSampler(model, Wrapped())(prompt, 2, 1.5, seed=3)
     assert calls, "the wrapped UNet was not called"
     assert np.array_equal(theirs, TorchSampler(model)(prompt, 2, 1.5, seed=3))
@@ -321,31 +425,37 @@ def test_the_backend_is_checked_once(small_weights, monkeypatch):
     pipe = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")
     calls = []
     monkeypatch.setattr(mode, "check_backend", lambda backend: calls.append(backend))
-    pipe("a red circle on a blue background", 2)
+    pipe(PROMPT, 2)
     assert calls == []
 
 
 def test_bad_inputs_are_clear(small_weights):
     pipe = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")
-    with pytest.raises(ValueError, match="unknown word 'dog'"):
-        pipe("a red dog on a blue background")
+    with pytest.raises(PromptError, match="word 4 is 'dog', but a shape goes there: circle, square"):
+        pipe("a big red dog on the left on a blue background")
+    with pytest.raises(PromptError, match="word 2 is 'red', but a size goes there: small, big"):
+        pipe("a red circle on a blue background")  # the 32x32 model's prompts are not the scenes' grammar
+    with pytest.raises(PromptError, match="'blue' is the background's colour"):
+        pipe("a big blue circle on the left on a blue background")
+    with pytest.raises(PromptError):  # one bad prompt of several, the unconditional "" among them
+        pipe([PROMPT, "", "a big red circle on the left"])
     with pytest.raises(ValueError, match="num_inference_steps"):
-        pipe("a red circle on a blue background", 0)
+        pipe(PROMPT, 0)
     with pytest.raises(ValueError, match="prompts is empty"):
         pipe([])
     for bad in (-0.5, float("nan"), float("inf"), 1e39, "2"):  # 1e39 is inf in float32: a black image
         with pytest.raises(
             ValueError, match=r"guidance_scale must be a number from 0 to 3.4e\+38 \(float32\)"
         ):
-            pipe("a red circle on a blue background", 1, guidance_scale=bad)
+            pipe(PROMPT, 1, guidance_scale=bad)
     with pytest.raises(ValueError, match="between 1 and num_train_timesteps=1000"):
-        pipe("a red circle on a blue background", 1001)
+        pipe(PROMPT, 1001)
     with pytest.raises(weights.WeightsError, match="no minisd weights"):
         MiniSDPipeline.from_pretrained(small_weights.parent / "missing.safetensors")
     with pytest.raises(ValueError, match="kernels must be one of"):
         MiniSDPipeline.from_pretrained(small_weights, kernels="mine")
     with pytest.raises(ValueError, match="unknown backend"):
-        minisd.generate("a red circle on a blue background", backend="tpu")
+        minisd.generate(PROMPT, backend="tpu")
 
 
 def test_numpy_sampling_does_not_import_torch(small_weights, tmp_path):
@@ -555,7 +665,7 @@ def test_a_warm_numba_sampler_leaves_the_host_alone(monkeypatch):
     ops = pipe.ops
     one_hot = ops.to_device(one_hot_tokens(tokenize(plan.prompt_rows(PROMPTS[:2])), len(VOCAB)))
     timestep_rows = ops.to_device(plan.timestep_rows())
-    noise = ops.to_device(np.zeros(plan.noise_shape(3), np.float32))
+    noise = ops.to_device(np.zeros(plan.noise_shape(config["unet"]["in_channels"]), np.float32))
     launches, allocated, host = [], [], []
     monkeypatch.setattr(simulated.FakeCUDAKernel, "__call__", lambda kernel, *args: launches.append(args))
     device_array = cuda.device_array
@@ -607,9 +717,9 @@ def test_gpu_backend_matches_numpy(small_weights, backend):
     if not mode.ON_GPU or (backend == "cupy" and not mode.has_cupy()):
         pytest.skip(f"backend {backend} needs a GPU" + (" and CuPy" if backend == "cupy" else ""))
     prompts = [
-        "a red circle on a blue background",
-        "a white star on a purple background",
-        "a black heart on a green background",
+        PROMPT,
+        "a small white star at the top on a purple background",
+        "a big black heart right of a small orange triangle on a green background",
     ]
     ref = MiniSDPipeline.from_pretrained(small_weights, backend="numpy")(prompts, 10, 3.0, seed=5).astype(int)
     gpu = MiniSDPipeline.from_pretrained(small_weights, backend=backend, precision="fp32")
@@ -643,11 +753,12 @@ def test_schedulers_keep_cupy_arrays_on_the_device():
 
 
 def test_vocab_in_one_hot():
-    ids = tokenize(["a red circle on a blue background"])
+    ids = tokenize([PROMPT, PROMPTS[2]])
+    assert ids.shape == (2, MAX_LENGTH) and (ids[1] != 0).all() and (ids[0] == 0).sum() == MAX_LENGTH - 11
     one_hot = one_hot_tokens(ids, len(VOCAB))
-    assert one_hot.shape == (1, 8, len(VOCAB) + 8)
+    assert one_hot.shape == (2, MAX_LENGTH, len(VOCAB) + MAX_LENGTH) == (2, 14, 44)
     np.testing.assert_array_equal(one_hot.sum(-1), 2.0)
-    np.testing.assert_array_equal(one_hot[0, :, : len(VOCAB)].argmax(-1), ids[0])
+    np.testing.assert_array_equal(one_hot[:, :, : len(VOCAB)].argmax(-1), ids)
 
 
 def test_numpy_sampling_holds_blas_to_one_thread():

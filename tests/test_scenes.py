@@ -252,9 +252,7 @@ def test_tokenize_round_trips_to_the_canonical_prompt(batch):
     assert ids.dtype == np.int64 and ids.shape == (50, text.MAX_LENGTH)
     assert text.detokenize(ids) == prompts
     typed = text.tokenize("A Big ORANGE heart above  a small blue circle on an white background.")
-    assert text.detokenize(typed) == [
-        "a big orange heart above a small blue circle on a white background"
-    ]
+    assert text.detokenize(typed) == ["a big orange heart above a small blue circle on a white background"]
 
 
 def test_tokenize_ids_and_padding():
@@ -262,9 +260,7 @@ def test_tokenize_ids_and_padding():
     ids = text.tokenize(["a big red star on the left on a white background", ""])
     words = "a big red star on the left on a white background".split()
     assert ids[0].tolist() == [v(w) for w in words] + [0] * (text.MAX_LENGTH - len(words))
-    assert (ids[1] == 0).all() and (text.tokenize("  ") == 0).all(), (
-        "the unconditional prompt is all <pad>"
-    )
+    assert (ids[1] == 0).all() and (text.tokenize("  ") == 0).all(), "the unconditional prompt is all <pad>"
 
 
 def test_tokenize_refuses_what_parse_refuses():

@@ -13,11 +13,27 @@ import numpy as np
 import pytest
 import torch
 
-from minisd import files, train, weights
-from minisd.model import MiniSD
+from minisd import files, text, train, train_vae, weights
+from minisd.model import MiniSD, VAEOnly
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "2", "--workers", "0", "--val-images", "0", "--log-every", "1", "--device", "cpu"]
+NEEDS_VAE = (
+    "a new run needs --vae (the vae.safetensors of python -m minisd train-vae); a resumed run keeps its "
+    "checkpoint's autoencoder: give --vae or --resume, not both"
+)
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    """A new run's --vae: an untrained autoencoder, saved as train-vae saves its vae.safetensors (the EMA
+    weights of a VAEOnly: "vae.*" tensors, a config with a "vae" section alone). Seconds, not minutes."""
+    torch.manual_seed(0)
+    model = VAEOnly()
+    path = tmp_path_factory.mktemp("vae") / train_vae.WEIGHTS
+    weights.save(model.state_dict(), model.config, path)
+    weights.load_vae(path)  # what train's --vae reads
+    return str(path)
 
 
 def test_a_stopping_rule_is_required():
@@ -28,14 +44,20 @@ def test_a_stopping_rule_is_required():
 def test_loss_is_finite_and_reaches_every_parameter():
     torch.manual_seed(0)
     model = MiniSD()
-    images = torch.rand(2, 3, 32, 32) * 2 - 1
-    ids = torch.zeros(2, 8, dtype=torch.long)
+    model.vae.requires_grad_(False)  # frozen, as train.prepare leaves it
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    latents = train.to_latents(model.vae, images, model.config["vae"]["scaling_factor"])
+    assert latents.shape == (2, 4, 16, 16) and not latents.requires_grad
+    ids = torch.from_numpy(text.tokenize(["a big red star on the left on a white background", ""]))
+    assert ids.shape == (2, text.MAX_LENGTH)
     alphas_cumprod = torch.linspace(0.999, 0.001, 1000)
-    loss = train.diffusion_loss(model, images, ids, alphas_cumprod)
+    loss = train.diffusion_loss(model, latents, ids, alphas_cumprod)
     loss.backward()
     assert torch.isfinite(loss) and 0.1 < loss.item() < 10
-    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    trained = [(n, p) for n, p in model.named_parameters() if not n.startswith("vae.")]
+    silent = [n for n, p in trained if p.grad is None or not p.grad.abs().sum() > 0]
     assert silent == [], "every weight must get a gradient: the text encoder and all UNet blocks"
+    assert all(p.grad is None for p in model.vae.parameters()), "the autoencoder stays frozen"
 
 
 def run_main(argv, capsys):
@@ -65,6 +87,8 @@ def run_main(argv, capsys):
             ["--steps", "3", "--resume", "x/ckpt.pt", "--overwrite"],
             "--resume continues a run and --overwrite",
         ),
+        (["--steps", "3"], NEEDS_VAE),  # a new run without an autoencoder
+        (["--steps", "3", "--vae", "v.safetensors", "--resume", "x/ckpt.pt"], NEEDS_VAE),
     ],
 )
 def test_bad_options_are_one_line_errors_before_any_file(tmp_path, capsys, args, message):
@@ -73,6 +97,23 @@ def test_bad_options_are_one_line_errors_before_any_file(tmp_path, capsys, args,
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists(), "nothing is written before the options are checked"
+
+
+@pytest.mark.parametrize(
+    "what,message",
+    [
+        ("missing", "--vae: no minisd weights at"),
+        ("whole-model", "is not a VAE weights file: its config has"),
+    ],
+)
+def test_a_bad_vae_file_is_one_line_before_any_file(tmp_path, capsys, what, message):
+    path = tmp_path / "none.safetensors"
+    if what == "whole-model":
+        path = weights.save(MiniSD().state_dict(), MiniSD().config, tmp_path / "minisd.safetensors")
+    out = tmp_path / "run"
+    code, err = run_main(["--out", str(out), "--steps", "3", "--vae", str(path)], capsys)
+    assert code == 1 and err.startswith("error: --vae: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def _checkpoint(folder, step=7, elapsed=12.5, seed=1):
@@ -170,7 +211,7 @@ def test_resume_needs_steps_beyond_the_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["new-run", "resume-from-elsewhere"])
-def test_an_existing_run_is_refused_and_left_alone(tmp_path, capsys, resume):
+def test_an_existing_run_is_refused_and_left_alone(tmp_path, capsys, resume, vae):
     run = tmp_path / "run"
     run.mkdir()
     _checkpoint(run)
@@ -180,36 +221,44 @@ def test_an_existing_run_is_refused_and_left_alone(tmp_path, capsys, resume):
     if resume:
         _checkpoint(tmp_path, step=3)
         args += ["--resume", str(tmp_path / "ckpt.pt")]
+    else:
+        args += ["--vae", vae]
     code, err = run_main(args, capsys)
     assert code == 2 and f"--out {run} already holds a training run (ckpt.pt, minisd.safetensors)" in err
     assert "--resume" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_unwritable_out_is_reported_before_training(tmp_path, capsys):
+def test_unwritable_out_is_reported_before_training(tmp_path, capsys, vae):
     target = tmp_path / "file"
     target.write_text("")
-    code, err = run_main(["--out", str(target), "--steps", "1", *SMALL], capsys)
+    code, err = run_main(["--out", str(target), "--steps", "1", "--vae", vae, *SMALL], capsys)
     assert code == 2 and "is a file; name a folder" in err
     if sys.platform.startswith("linux"):
-        code, err = run_main(["--out", "/proc/minisd-run", "--steps", "1", *SMALL], capsys)
+        code, err = run_main(["--out", "/proc/minisd-run", "--steps", "1", "--vae", vae, *SMALL], capsys)
         assert code != 0 and "error: " in err and "Traceback" not in err
 
 
 @pytest.mark.slow
-def test_two_steps_resume_then_overwrite(tmp_path):
+def test_two_steps_resume_then_overwrite(tmp_path, vae):
     common = ["--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    train.main(["--steps", "2", "--out", str(tmp_path), "--val-images", "0", *common])
+    train.main(["--steps", "2", "--out", str(tmp_path), "--val-images", "0", "--vae", vae, *common])
     state, config = weights.load(tmp_path / "minisd.safetensors")
     assert config["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
     assert all(np.isfinite(v).all() for v in state.values())
+    vae_state, vae_config = weights.load_vae(vae)
+    assert config["vae"] == vae_config["vae"], (
+        "the whole model: the autoencoder's config (scaling_factor too)"
+    )
+    assert all(np.array_equal(state[k], v) for k, v in vae_state.items()), "the frozen autoencoder, unchanged"
     resume = ["--resume", str(tmp_path / "ckpt.pt"), "--val-images", "2", "--val-guidance", "1.5"]
     train.main(
         ["--steps", "3", "--out", str(tmp_path), *resume, *common]
     )  # the only validation: slow on a CPU
     log = (tmp_path / "train.log").read_text()
     assert "from step 2" in log and "stopped at step 3" in log and "validation (2 images" in log
-    train.main(["--steps", "1", "--overwrite", "--out", str(tmp_path), "--val-images", "0", *common])
+    overwrite = ["--overwrite", "--vae", vae, "--val-images", "0"]
+    train.main(["--steps", "1", "--out", str(tmp_path), *overwrite, *common])
     assert train.read_checkpoint(tmp_path / "ckpt.pt")[0]["step"] == 1
     assert {p.name.split(".")[1] for p in tmp_path.glob("ckpt.*part*.pt")} == {"step1"}
     assert "from step 0" in (tmp_path / "train.log").read_text().split("from step 2")[-1]
@@ -251,10 +300,11 @@ def wait_for(condition, proc, what, poll_s=0.05):
 @pytest.mark.parametrize(
     "signum,workers", [(signal.SIGTERM, "0"), (signal.SIGINT, "1")], ids=["SIGTERM", "SIGINT"]
 )
-def test_a_signal_saves_and_exits_cleanly(tmp_path, signum, workers):
+def test_a_signal_saves_and_exits_cleanly(tmp_path, signum, workers, vae):
     """SIGTERM to the trainer, or Ctrl-C's SIGINT to its whole process group (data workers included)."""
     log = tmp_path / "train.log"
-    with training(tmp_path, "--steps", "100000", "--save-every", "1000", "--workers", workers) as proc:
+    args = ["--steps", "100000", "--save-every", "1000", "--workers", workers, "--vae", vae]
+    with training(tmp_path, *args) as proc:
         wait_for(lambda: log.exists() and "step      2" in log.read_text(), proc, "step 2")
         os.killpg(proc.pid, signum)
         stdout, stderr = proc.communicate(timeout=600)  # a hang guard
@@ -268,10 +318,10 @@ def test_a_signal_saves_and_exits_cleanly(tmp_path, signum, workers):
 
 
 @pytest.mark.slow
-def test_killed_mid_save_then_resumed(tmp_path):
+def test_killed_mid_save_then_resumed(tmp_path, vae):
     """SIGKILL while a checkpoint part or the weights are being written: the run resumes from the last whole
     checkpoint. Saves every step, and kills the moment a temporary file of a save appears."""
-    with training(tmp_path, "--steps", "100000", "--save-every", "0") as proc:
+    with training(tmp_path, "--steps", "100000", "--save-every", "0", "--vae", vae) as proc:
         wait_for(lambda: (tmp_path / "ckpt.pt").exists(), proc, "its first checkpoint")
         wait_for(
             lambda: files.leftovers(tmp_path), proc, "a second save", poll_s=0.002

@@ -53,6 +53,14 @@ def tiny_config():
     return levels([8, 8], norm_num_groups=4, latent_channels=2, sample_size=8)
 
 
+def tiny_latent_config():
+    """minisd's text encoder and UNet on tiny_config()'s autoencoder: the UNet denoises its latents."""
+    config = architecture.default_config() | tiny_config()
+    latent = config["vae"]["latent_channels"]
+    config["unet"].update(in_channels=latent, out_channels=latent)
+    return config
+
+
 def random_vae(config, seed=0):
     """Random weights whose norm scales and biases are not 1 and 0 (so they are tested too)."""
     torch.manual_seed(seed)
@@ -102,9 +110,17 @@ def test_minisds_vae_config_is_a_diffusers_config(diffusers):
 
 
 def test_the_pixel_space_model_has_no_vae_and_a_latent_one_has_one():
-    state, config = weights.load()  # the shipped file: no "vae" section
-    assert architecture.read(config).vae is None and MiniSD(config).vae is None
-    latent = architecture.default_config() | tiny_config()
+    pixel = {
+        k: v for k, v in architecture.default_config().items() if k != "vae"
+    }  # minisd before it was latent
+    pixel["unet"].update(sample_size=32, in_channels=3, out_channels=3)
+    assert architecture.read(pixel).vae is None and MiniSD(pixel).vae is None
+    assert not any(k.startswith("vae.") for k in weights.expected_shapes(pixel))
+    state, config = weights.load()  # the shipped file: the latent model, its autoencoder included
+    shipped = architecture.read(config).vae
+    assert shipped is not None and shipped.latent_channels == config["unet"]["in_channels"] == 4
+    assert {k for k in state if k.startswith("vae.")} == set(shipped.parameter_shapes())
+    latent = tiny_latent_config()
     model = MiniSD(latent)
     keys = {k for k in model.state_dict() if k.startswith("vae.")}
     assert keys == set(architecture.read_vae(latent).parameter_shapes())
@@ -369,7 +385,7 @@ def test_diffusers_export_of_the_vae_decodes_as_minisd(tmp_path, capsys, gen, wh
     model = vae
     if whole:
         torch.manual_seed(1)
-        model = MiniSD(architecture.default_config() | tiny_config())
+        model = MiniSD(tiny_latent_config())
         model.vae.load_state_dict(vae.vae.state_dict())
     theirs, ours, kernels = exported_decoders(diffusers, tmp_path, model)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -124,17 +124,17 @@ def test_unexpected_key(saved):
 
 def test_wrong_shape(saved):
     tensors = load_file(str(saved))
-    tensors["unet.conv_in.weight"] = np.zeros((32, 3, 5, 5), np.float32)
+    tensors["unet.conv_in.weight"] = np.zeros((64, 3, 5, 5), np.float32)  # the pixel model's 3 channels
     _rewrite(saved, tensors)
     with pytest.raises(
-        weights.WeightsError, match=r"unet.conv_in.weight: \(32, 3, 5, 5\) instead of \(32, 3, 3, 3\)"
+        weights.WeightsError, match=r"unet.conv_in.weight: \(64, 3, 5, 5\) instead of \(64, 4, 3, 3\)"
     ):
         weights.load(saved)
 
 
 def test_wrong_dtype(saved):
     tensors = load_file(str(saved))
-    tensors["unet.conv_out.bias"] = np.zeros(3, np.int32)
+    tensors["unet.conv_out.bias"] = np.zeros(4, np.int32)
     _rewrite(saved, tensors)
     with pytest.raises(weights.WeightsError, match="unet.conv_out.bias is int32"):
         weights.load(saved)
@@ -142,9 +142,14 @@ def test_wrong_dtype(saved):
 
 def test_nan_weights(saved):
     tensors = load_file(str(saved))
-    tensors["unet.conv_out.bias"] = np.array([0, np.nan, 0], np.float32)
+    tensors["unet.conv_out.bias"] = np.array([0, np.nan, 0, 0], np.float32)
     _rewrite(saved, tensors)
-    with pytest.raises(weights.WeightsError, match="NaN or inf"):
+    with pytest.raises(weights.WeightsError, match="unet.conv_out.bias contains NaN or inf"):
+        weights.load(saved)
+    tensors["unet.conv_out.bias"][1] = 0
+    tensors["vae.decoder.conv_out.bias"] = np.array([0, 0, np.inf], np.float32)  # the autoencoder's too
+    _rewrite(saved, tensors)
+    with pytest.raises(weights.WeightsError, match="vae.decoder.conv_out.bias contains NaN or inf"):
         weights.load(saved)
 
 
@@ -278,7 +283,7 @@ def _with_config(saved, model, change):
         (lambda c: c["unet"].update(block_out_channels=[32, -64, 128]), r"\[32, -64, 128\], not a list"),
         (lambda c: c["unet"].update(block_out_channels=[32, 64]), "down_block_types .* one entry per"),
         (
-            lambda c: c["scheduler"].update(clip_sample_range=0),
+            lambda c: c["scheduler"].update(clip_sample=True, clip_sample_range=0),
             "clip_sample_range 0: x0 clipping needs a range > 0",
         ),
         (lambda c: c["scheduler"].update(num_train_timesteps=0), "num_train_timesteps 0, not a positive int"),
@@ -323,8 +328,26 @@ def test_the_loader_checks_shapes_against_the_model_it_describes(make):
     assert weights.expected_shapes(config) == torch_shapes
 
 
-def test_a_minisd_1_file_still_loads(model, tmp_path):
-    """minisd-1 stored minisd's own config (head width 32, time_proj_dim, no timestep spacing)."""
+def pixel_config():
+    """The 32x32 pixel-space model minisd shipped before it was latent (no "vae" section), in today's form."""
+    config = {k: v for k, v in architecture.default_config().items() if k != "vae"}
+    config["unet"].update(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[32, 64, 128],
+        attention_head_dim=[1, 2, 4],
+    )
+    config["scheduler"]["clip_sample"] = True  # pixels are bounded to [-1, 1]
+    return config
+
+
+def test_a_minisd_1_file_still_loads(tmp_path):
+    """minisd-1 stored minisd's own config (head width 32, time_proj_dim, no timestep spacing), and only the
+    pixel-space model existed then: such a file reads as today's config of it, with no autoencoder."""
+    torch.manual_seed(0)
+    model = MiniSD(pixel_config())
+    assert model.vae is None
     old = {
         "text_encoder": model.config["text_encoder"],
         "unet": {
@@ -344,8 +367,13 @@ def test_a_minisd_1_file_still_loads(model, tmp_path):
     _rewrite(
         path, metadata={"format": "minisd-1", "config": json.dumps(old), "vocab": json.dumps(weights_vocab())}
     )
-    _, config = weights.load(path)
+    state, config = weights.load(path)
     assert {k: v for k, v in config.items() if k != "vocab"} == model.config
+    assert (
+        config["unet"]["attention_head_dim"] == [1, 2, 4]
+        and config["scheduler"]["timestep_spacing"] == "trailing"
+    )
+    assert set(state) == set(model.state_dict()) and not any(k.startswith("vae.") for k in state)
 
 
 def test_loading_does_not_import_torch(saved):
