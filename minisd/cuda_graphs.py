@@ -13,8 +13,8 @@ call. What a graph bakes in: every kernel's arguments, including the arrays' add
 
 The first run of a plan is eager (it compiles and loads the kernels, which must not happen during capture,
 and fills the pool, so the capture needs no cudaMalloc); the second captures; later runs only replay.
-One graph holds the prologue (text encoder, cross-attention k/v, time embeddings) and one graph each
-step, so ``progress`` can still report step by step.
+One graph holds the prologue (text encoder, cross-attention k/v, time embeddings), one graph each
+step, so ``progress`` can still report step by step, and a last one the autoencoder's decoder.
 
 CuPy's stream capture records both backends. CuPy's kernels launch on CuPy's current stream and take their
 arrays from its current allocator (``with stream``, ``using_allocator``); Numba's are pointed at the same
@@ -86,7 +86,7 @@ class GraphedSampler:
             x = self.sampler.step(i, x, state, plan)
             if progress is not None:
                 progress(i, len(plan.timesteps))
-        return x
+        return self.sampler.finish(x)
 
     def _capture(self, entry, plan):
         one_hot, timestep_rows, x = self._inputs(entry)
@@ -100,17 +100,23 @@ class GraphedSampler:
             x = self.sampler.step(i, x, state, plan)
             graphs.append(stream.end_capture())
             keep.append(x)
+        stream.begin_capture()
+        x = self.sampler.finish(x)
+        graphs.append(stream.end_capture())
+        keep.append(x)
         for graph in graphs:
             graph.upload(stream)  # instantiate on the device now, not at the first launch
         entry.graphs, entry.keep, entry.result = graphs, keep, x
 
     def _replay(self, entry, plan, progress):
-        entry.graphs[0].launch(entry.stream)
-        for i, graph in enumerate(entry.graphs[1:]):
+        prologue, *steps, finish = entry.graphs
+        prologue.launch(entry.stream)
+        for i, graph in enumerate(steps):
             graph.launch(entry.stream)
             if progress is not None:
                 entry.stream.synchronize()  # report a step when it is done, not when it is queued
                 progress(i, len(plan.timesteps))
+        finish.launch(entry.stream)
         return entry.result
 
 

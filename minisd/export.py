@@ -9,7 +9,7 @@ must equal the PyTorch model (minisd/model.py) within ONNX_TOLERANCE, or the exp
 
 The text encoder is minisd's own, not CLIP. Its keys are transformers' CLIPTextModel's after a prefix
 rename, but CLIP masks attention causally (each token sees only those before it) and minisd's encoder does
-not, so the same weights in CLIPTextModel give other hidden states (up to 1.30 apart on the shipped
+not, so the same weights in CLIPTextModel give other hidden states (up to 1.99 apart on the shipped
 weights). It is exported as ONNX (with that note in the file), and not as a transformers text_encoder/.
 """
 

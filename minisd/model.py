@@ -10,7 +10,7 @@ written out in full (no diffusers import) so it can be read top to bottom.
 
 The UNet is diffusers' exactly (its weights in diffusers' UNet2DConditionModel give the same outputs). The
 text encoder is not CLIP's: its keys load into CLIPTextModel after a prefix rename, but CLIP masks attention
-causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.30 apart
+causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.99 apart
 on the shipped weights). The autoencoder is diffusers' AutoencoderKL exactly, its keys under "vae.".
 
     model = MiniSD()                             # minisd.architecture.default_config(); .text_encoder, .unet

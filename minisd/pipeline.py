@@ -147,11 +147,12 @@ def check_guidance(guidance_scale):
 
 
 class Sampler:
-    """The loop on the course's ops in two parts, so CUDA graphs can capture each: ``prologue`` (prompt and
-    timestep work, once per run) and ``step`` (one ``denoising_step``)."""
+    """The loop on the course's ops in three parts, so CUDA graphs can capture each: ``prologue`` (prompt and
+    timestep work, once per run), ``step`` (one ``denoising_step``) and ``finish`` (the autoencoder's
+    decoder, once per run, where ``decode`` is given: latents -> images)."""
 
-    def __init__(self, ops, net):
-        self.ops, self.net = ops, net
+    def __init__(self, ops, net, decode=None):
+        self.ops, self.net, self.decode = ops, net, decode
 
     def prologue(self, one_hot, timestep_rows, plan):
         context = self.net.text_encoder(one_hot)
@@ -169,10 +170,14 @@ class Sampler:
         kv, temb = state
         return denoising_step(self.ops, plan, i, x, lambda i, rows: self.net.unet(rows, temb[i], kv))
 
+    def finish(self, x):
+        return x if self.decode is None else self.decode(x)
+
     def run(self, one_hot, noise, plan, progress=None):
-        """Eager: every op launched from Python. Returns the final sample (on the ops' device)."""
+        """Eager: every op launched from Python. Returns the images (on the ops' device)."""
         kv, temb = self.prologue(self.ops.to_device(one_hot), self.ops.to_device(plan.timestep_rows()), plan)
-        return denoise(self.ops, plan, noise, lambda i, rows: self.net.unet(rows, temb[i], kv), progress)
+        x = denoise(self.ops, plan, noise, lambda i, rows: self.net.unet(rows, temb[i], kv), progress)
+        return self.finish(x)
 
 
 def host_threads(backend):
@@ -229,12 +234,13 @@ class MiniSDPipeline:
             from minisd.half_precision import HalfPrecisionNet
 
             self.net = HalfPrecisionNet(state, self.arch, self.ops, self.precision)
-        self.sampler = Sampler(self.ops, self.net)
-        # The decoder runs in float32 on every backend, once per image: its cost is a fraction of one UNet step.
+        # The decoder runs in float32 on every backend (also beside a half-precision UNet), once per image:
+        # it costs about two UNet steps' multiply-adds (lesson 13).
         vae = self.arch.vae
         self.vae = (
             None if vae is None else VAEForward(self.ops, prepare_vae_params(state, vae, self.ops), vae)
         )
+        self.sampler = Sampler(self.ops, self.net, None if vae is None else self.vae.decode_scaled)
         self.graphs = None
         # Eager on numpy, without CuPy (the simulator cannot capture) and for a lesson's kernels (numpy in and
         # out: minisd/lesson_kernels.py says why a graph cannot hold them).
@@ -275,15 +281,11 @@ class MiniSDPipeline:
         return SamplingPlan.make(self.scheduler, *plan_args)
 
     def decode(self, latents):
-        """The final latents (numpy float32, N x 4 x h x w) -> images (N x 3 x 4h x 4w) in about [-1, 1]."""
+        """Latents as the UNet samples them (numpy float32, N x 4 x h x w, scaled) -> images (N x 3 x 4h x 4w)
+        in about [-1, 1], as ``sample`` ends (to decode latents made elsewhere)."""
         if self.vae is None:
             return latents
-        chunk = CPU_CHUNK if self.backend == "numpy" else len(latents)
-        parts = []
-        for start in range(0, len(latents), chunk):
-            z = self.ops.to_device(latents[start : start + chunk] / self.arch.vae.scaling_factor)
-            parts.append(self.ops.to_numpy(self.vae.decode(z)))
-        return np.concatenate(parts)
+        return self.ops.to_numpy(self.sampler.finish(self.ops.to_device(np.ascontiguousarray(latents))))
 
     def _sample_in_chunks(self, one_hot, noise, plan, progress):
         """The eager loop, on the CPU a chunk of images at a time (same noise, so the same images)."""
@@ -342,16 +344,9 @@ class MiniSDPipeline:
         else:
             with host_threads(self.backend):
                 sample = self._sample_in_chunks(one_hot, self.ops.randn(shape, seed), plan, progress)
-        denoised = time.perf_counter()
-        with host_threads(self.backend):
-            images = self.decode(np.asarray(sample, np.float32))
-        end = time.perf_counter()
-        self.last_timings = {
-            "total_s": end - start,
-            "per_step_s": (denoised - start) / num_inference_steps,
-            "decode_s": end - denoised,
-        }
-        return images
+        total = time.perf_counter() - start
+        self.last_timings = {"total_s": total, "per_step_s": total / num_inference_steps}
+        return sample
 
 
 _PIPELINES = {}

@@ -17,6 +17,7 @@ UNet's (minisd.forward.Forward.resnet_block, without a time embedding). Three th
 
     vae = VAEForward(ops, prepare_vae_params(state, spec, ops), spec)
     images = vae.decode(latents / spec.scaling_factor)    # (N, 4, 16, 16) -> (N, 3, 64, 64)
+    images = vae.decode_scaled(latents)                    # the same, from the UNet's (scaled) latents
     mean = vae.encode(images)                              # (N, 3, 64, 64) -> (N, 4, 16, 16)
 """
 
@@ -40,6 +41,9 @@ def prepare_vae_params(state, spec, ops):
                 a.prefix + "to_out.0.weight"
             ]  # reshaped, not w[..., None, None]: minisd.forward says why
             host[a.prefix + "to_out.0.weight_1x1"] = w.reshape(*w.shape, 1, 1)
+    # decode_scaled's first conv: post_quant_conv(z / s) = (W / s) z + b, the division folded into W
+    pq = spec.post_quant_conv.prefix
+    host[pq + "weight_unscaling"] = host[pq + "weight"] / np.float32(spec.scaling_factor)
     q, n = spec.quant_conv.prefix, spec.latent_channels
     host[q + "weight_mean"] = np.ascontiguousarray(host[q + "weight"][:n])
     host[q + "bias_mean"] = np.ascontiguousarray(host[q + "bias"][:n])
@@ -64,6 +68,13 @@ class VAEForward:
         """(N, latent_channels, h, w) latents as ``encode`` gives them -> (N, out_channels, 4h, 4w) images
         (for 2 halvings; in about [-1, 1] once trained)."""
         return self._coder(self.spec.decoder, self._conv(self.spec.post_quant_conv, latents))
+
+    def decode_scaled(self, latents):
+        """The UNet's latents (``encode``'s times scaling_factor) -> images: no op of its own divides them,
+        post_quant_conv does (``prepare_vae_params``)."""
+        pq = self.spec.post_quant_conv.prefix
+        x = self.ops.conv2d(latents, self.p[pq + "weight_unscaling"], self.p[pq + "bias"])
+        return self._coder(self.spec.decoder, x)
 
     def encode(self, images):
         """(N, in_channels, H, W) images -> (N, latent_channels, H/4, W/4): the mean of the latents."""

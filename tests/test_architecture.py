@@ -59,7 +59,9 @@ def test_the_stored_config_is_minisds_default(shipped):
     assert config["unet"]["attention_head_dim"] == [2, 4, 4], "diffusers' heads per block, 32 channels each"
     assert (config["unet"]["sample_size"], config["unet"]["in_channels"]) == (16, 4), "4x16x16 latents"
     assert config["scheduler"]["timestep_spacing"] == "trailing"
-    assert config["scheduler"]["clip_sample"] is False, "latents are not bounded to [-1, 1]"
+    assert config["scheduler"]["clip_sample"] and config["scheduler"]["clip_sample_range"] == 2.5, (
+        "x_0 of the latents is clipped to +-2.5 (minisd.architecture.SCHEDULER says why)"
+    )
 
 
 def test_diffusers_builds_minisds_unet_from_the_stored_config(shipped):

@@ -90,7 +90,7 @@ def test_replays_give_the_eager_loops_samples(model, backend, precision, monkeyp
     for run in range(3):  # the plan's first run (eager), capture + replay, replay
         if run == 2:
             (entry,) = graphed.graphs.plans.values()
-            assert len(entry.graphs) == STEPS + 1, "one graph for the prologue, one per step"
+            assert len(entry.graphs) == STEPS + 2, "one graph for the prologue, one per step, one to decode"
             with entry.stream:  # the stream the replay runs on: poisoned before it starts
                 for a in arrays(entry.keep):
                     poison(a)

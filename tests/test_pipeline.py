@@ -296,16 +296,19 @@ def test_prepared_params_have_canonical_strides():
         assert value.strides == canonical, f"{key}: strides {value.strides}, expected {canonical}"
 
 
-@pytest.mark.parametrize("clip_sample", [False, True], ids=["minisd", "clipped"])
+@pytest.mark.parametrize("clip_sample", [False, True], ids=["unclipped", "minisd"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_fused_step_is_the_schedulers_step(eta, clip_sample):
     """Drift guard: the loop applies schedulers.StepCoefficients in one fused op (scheduler_step); it must be
     DDIMScheduler.step (itself checked against diffusers) at every step of minisd's plan, with the clipping
-    the plan takes from the config (minisd's latents: none; a pixel model's: x_0 clipped to [-1, 1])."""
+    the plan takes from the config (minisd's: x_0 clipped to +-clip_sample_range, 2.5; or none)."""
     config = default_config()["scheduler"] | {"clip_sample": clip_sample}
     scheduler = DDIMScheduler.from_config(config)
     plan = SamplingPlan.make(scheduler, 2, 25, 1.5, 5, 7)
-    assert plan.clip_range == (1.0 if clip_sample else None)
+    assert (
+        plan.clip_range == (config["clip_sample_range"] if clip_sample else None)
+        and config["clip_sample_range"] == 2.5
+    )
     rng = np.random.default_rng(0)
     ops = Ops("numpy")
     for t in scheduler.timesteps:
@@ -317,7 +320,7 @@ def test_fused_step_is_the_schedulers_step(eta, clip_sample):
         assert_close(got, want, 2e-6 / scheduler.alpha_prods(t)[0] ** 0.5, f"t={t} eta={eta}")
         a_t, a_prev = scheduler.alpha_prods(t)
         np.testing.assert_array_equal(
-            ops.ddim_step(sample, eps, a_t, a_prev, eta, noise, clip_sample=clip_sample), got
+            ops.ddim_step(sample, eps, a_t, a_prev, eta, noise, clip_sample, config["clip_sample_range"]), got
         )
 
 
@@ -361,8 +364,7 @@ def test_guidance_and_plan(small_weights):
     unguided = pipe(PROMPT, 2, guidance_scale=1.0)
     guided = pipe(PROMPT, 2, guidance_scale=5.0)
     assert unguided.shape == guided.shape == (1, 64, 64, 3) and (unguided != guided).any()
-    assert set(pipe.last_timings) == {"total_s", "per_step_s", "decode_s"}
-    assert 0 < pipe.last_timings["decode_s"] < pipe.last_timings["total_s"]
+    assert set(pipe.last_timings) == {"total_s", "per_step_s"}
     small = pipe.plan(1, 2, 1.5, height=16, width=48)  # image pixels in, latent sizes out
     assert (small.height, small.width) == (4, 12)
     assert pipe(PROMPT, 1, height=16, width=48).shape == (1, 16, 48, 3)

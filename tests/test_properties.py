@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import minisd.mode as mode
-from minisd import ops
+from minisd import ops, weights
+from minisd.model import VAEOnly
 from minisd.ops import Ops
 
 settings.register_profile("ci", max_examples=20, derandomize=True, deadline=None, print_blob=True)
@@ -587,6 +588,8 @@ def _reached_work(*args, **kwargs):
 def cli_tmp(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     (folder / "notes.txt").write_text("not a weights file, a checkpoint or a folder\n")
+    vae = VAEOnly()  # untrained: what train --vae reads, with the scaling_factor of any trained one
+    weights.save(vae.state_dict(), vae.config, folder / "vae.safetensors")
     return str(folder)
 
 
@@ -648,7 +651,10 @@ def test_cli_refuses_in_one_line_or_reaches_the_work(command, cli_tmp, data, cap
         (["eval", "--num-images", "8"], "every check passed"),
         (["train", "--steps", "0"], "refused"),
         (["train", "--minutes", "5", "--resume", "TMP/notes.txt"], "refused"),
-        (["train", "--steps", "3", "--out", "TMP/new", "--device", "cpu"], "every check passed"),
+        (
+            ["train", "--steps", "3", "--out", "TMP/new", "--vae", "TMP/vae.safetensors", "--device", "cpu"],
+            "every check passed",
+        ),
         (["bench", "--numpy-steps", "40"], "refused"),
         (["bench", "--only", "minisd-numpy", "--out", "TMP/bench.json"], "every check passed"),
         (["export"], "refused"),

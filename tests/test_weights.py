@@ -338,7 +338,7 @@ def pixel_config():
         block_out_channels=[32, 64, 128],
         attention_head_dim=[1, 2, 4],
     )
-    config["scheduler"]["clip_sample"] = True  # pixels are bounded to [-1, 1]
+    config["scheduler"].update(clip_sample=True, clip_sample_range=1.0)  # pixels are bounded to [-1, 1]
     return config
 
 
