@@ -13,10 +13,10 @@ text encoder is not CLIP's: its keys load into CLIPTextModel after a prefix rena
 causally and this encoder does not mask at all, so CLIPTextModel gives other hidden states (up to 1.99 apart
 on the shipped weights). The autoencoder is diffusers' AutoencoderKL exactly, its keys under "vae.".
 
-    model = MiniSD()                             # minisd.architecture.default_config(); .text_encoder, .unet
-    context = model.text_encoder(token_ids)      # (B, 8) int64 -> (B, 8, 64)
-    eps = model.unet(noisy, timesteps, context)  # (B, 3, 32, 32) -> (B, 3, 32, 32)
-    mean, logvar = VAEOnly().vae.encode(images)  # (B, 3, 64, 64) -> 2 x (B, 4, 16, 16); .decode(z)
+    model = MiniSD()                             # minisd.architecture.default_config(); .text_encoder, .unet, .vae
+    context = model.text_encoder(token_ids)      # (B, 14) int64 -> (B, 14, 64)
+    eps = model.unet(noisy, timesteps, context)  # latents (B, 4, 16, 16) -> (B, 4, 16, 16)
+    mean, logvar = model.vae.encode(images)      # (B, 3, 64, 64) -> 2 x (B, 4, 16, 16); .decode(z)
 
 Every channel count, head count, group count and eps comes from minisd.architecture, read from the config:
 the same description the kernel forward pass (minisd/forward.py) walks.

@@ -78,14 +78,13 @@ def parse_args(argv):
     return args
 
 
-def check_args(args):
-    """Every option, before a file is touched or the model built."""
+def check_run_args(args):
+    """The options every training run has (this one's and train-vae's), before a file is touched."""
     if args.steps is not None:
         checks.int_range("steps", args.steps)
     if args.minutes is not None:
         checks.number_range("minutes", args.minutes, 0, low_open=True)
     checks.int_range("batch_size", args.batch_size)
-    checks.int_range("reuse", args.reuse)
     checks.number_range("lr", args.lr, 0, 1, low_open=True)
     checks.int_range("warmup", args.warmup, why=" (1 = no warm-up)")
     checks.number_range("ema_decay", args.ema_decay, 0, 1)
@@ -93,9 +92,6 @@ def check_args(args):
         checks.int_range("workers", args.workers, low=0)
     checks.int_range("seed", args.seed, low=0)
     checks.int_range("log_every", args.log_every)
-    checks.int_range("val_images", args.val_images, low=0)
-    for guidance in args.val_guidance:
-        checks.guidance(guidance, "val_guidance")
     checks.number_range("save_every", args.save_every, 0)
     try:
         device = torch.device(args.device)
@@ -107,6 +103,15 @@ def check_args(args):
         raise CliError(f"--device {args.device}: torch finds no CUDA GPU here; use --device cpu", EXIT_USAGE)
     if args.resume and args.overwrite:
         raise CliError("--resume continues a run and --overwrite starts over: give one of them", EXIT_USAGE)
+
+
+def check_args(args):
+    """Every option, before a file is touched or the model built."""
+    check_run_args(args)
+    checks.int_range("reuse", args.reuse)
+    checks.int_range("val_images", args.val_images, low=0)
+    for guidance in args.val_guidance:
+        checks.guidance(guidance, "val_guidance")
     if bool(args.resume) == bool(args.vae):
         raise CliError(
             "a new run needs --vae (the vae.safetensors of python -m minisd train-vae); a resumed run keeps "

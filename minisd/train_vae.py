@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from minisd import architecture, checks, train, weights
-from minisd.checks import EXIT_USAGE, CliError
+from minisd.checks import CliError
 from minisd.model import VAEOnly, count_parameters
 
 KL_WEIGHT = 1e-6
@@ -72,31 +72,9 @@ def parse_args(argv):
 
 def check_args(args):
     """Every option, before a file is touched or the model built."""
-    if args.steps is not None:
-        checks.int_range("steps", args.steps)
-    if args.minutes is not None:
-        checks.number_range("minutes", args.minutes, 0, low_open=True)
-    checks.int_range("batch_size", args.batch_size)
-    checks.number_range("lr", args.lr, 0, 1, low_open=True)
-    checks.int_range("warmup", args.warmup, why=" (1 = no warm-up)")
+    train.check_run_args(args)
     checks.number_range("kl_weight", args.kl_weight, 0)
-    checks.number_range("ema_decay", args.ema_decay, 0, 1)
-    if args.workers is not None:
-        checks.int_range("workers", args.workers, low=0)
-    checks.int_range("seed", args.seed, low=0)
-    checks.int_range("log_every", args.log_every)
     checks.int_range("val_images", args.val_images)
-    checks.number_range("save_every", args.save_every, 0)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise CliError(
-            f"--device {args.device!r} is not a torch device; use cpu or cuda", EXIT_USAGE
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {args.device}: torch finds no CUDA GPU here; use --device cpu", EXIT_USAGE)
-    if args.resume and args.overwrite:
-        raise CliError("--resume continues a run and --overwrite starts over: give one of them", EXIT_USAGE)
 
 
 def scenes_batches():

@@ -146,7 +146,7 @@ def test_diffusers_export_of_the_autoencoder_encodes_and_decodes_as_minisd(expor
 
 
 def test_diffusers_export_of_the_scheduler_samples_as_minisd(exported, model):
-    """DDIMScheduler.from_pretrained: minisd's config ("trailing" spacing, no x0 clipping), its timesteps,
+    """DDIMScheduler.from_pretrained: minisd's config ("trailing" spacing, x0 clipped to +-2.5), its timesteps,
     and its step on the same eps and sample."""
     diffusers = pytest.importorskip("diffusers")
     out, _ = exported
