@@ -47,35 +47,52 @@ PART_BYTES = 12 << 20  # checkpoint shards stay under the 16 MiB a file the cour
 CHECKPOINT, WEIGHTS = "ckpt.pt", "minisd.safetensors"
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m minisd train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/minisd", help="folder for checkpoint, weights and log")
-    p.add_argument("--vae", help="a new run's autoencoder: the vae.safetensors train-vae wrote")
+def run_parser(prog, description, out, batch_help="images a step"):
+    """The options every training run has (this one's and train-vae's, checked by ``check_run_args``); each
+    trainer adds its own and sets its defaults (``set_defaults``) for batch size, lr, warm-up and EMA."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--out", default=out, help="folder for checkpoint, weights and log")
     p.add_argument("--resume", help="ckpt.pt of an earlier run to continue from")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in all")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training wall time")
-    # Large batches pay: a step costs about the same from 256 to 1024 images (launch-bound).
-    p.add_argument("--batch-size", type=int, default=1024, help="images a step (256 if memory is short)")
-    p.add_argument("--reuse", type=int, default=1, help="steps on each batch drawn (see above)")
-    p.add_argument("--lr", type=float, default=7e-4)
-    p.add_argument("--warmup", type=int, default=300, help="linear learning-rate warm-up, in steps")
-    p.add_argument("--ema-decay", type=float, default=0.9995)
+    p.add_argument("--batch-size", type=int, help=batch_help)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up, in steps")
+    p.add_argument("--ema-decay", type=float)
     p.add_argument("--workers", type=int, default=None, help="data worker processes (default: CPUs - 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--val-images", type=int, default=256, help="images sampled and checked at the end")
-    p.add_argument(
-        "--val-guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="scales to check"
-    )
     p.add_argument(
         "--save-every", type=float, default=3.0, help="minutes between checkpoints (0: every step)"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def parse_run_args(p, argv):
     args = p.parse_args(argv)
     if args.steps is None and args.minutes is None:
         p.error("give --steps or --minutes (or both) so the run knows when to stop")
     return args
+
+
+def parse_args(argv):
+    # Large batches pay: a step costs about the same from 256 to 1024 images (launch-bound).
+    p = run_parser(
+        "python -m minisd train",
+        __doc__.split("\n\n")[0],
+        "runs/minisd",
+        "images a step (256 if memory is short)",
+    )
+    p.set_defaults(batch_size=1024, lr=7e-4, warmup=300, ema_decay=0.9995)
+    p.add_argument("--vae", help="a new run's autoencoder: the vae.safetensors train-vae wrote")
+    p.add_argument("--reuse", type=int, default=1, help="steps on each batch drawn (see above)")
+    p.add_argument("--val-images", type=int, default=256, help="images sampled and checked at the end")
+    p.add_argument(
+        "--val-guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="scales to check"
+    )
+    return parse_run_args(p, argv)
 
 
 def check_run_args(args):

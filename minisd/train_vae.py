@@ -24,7 +24,6 @@ The images come from ``make_batch(n, rng) -> (images (n, 3, 64, 64) float32 in [
 minisd.scenes.make_batch unless ``train`` is given another (the prompts are not used).
 """
 
-import argparse
 import math
 import os
 import signal
@@ -45,29 +44,11 @@ HELD_OUT_SEED = 2**32 - 1  # the held-out images' generator: default_rng([HELD_O
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m minisd train-vae", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/vae", help="folder for checkpoint, weights and log")
-    p.add_argument("--resume", help="ckpt.pt of an earlier run to continue from")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in all")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this much training wall time")
-    p.add_argument("--batch-size", type=int, default=128, help="images a step")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up, in steps")
+    p = train.run_parser("python -m minisd train-vae", __doc__.split("\n\n")[0], "runs/vae")
+    p.set_defaults(batch_size=128, lr=1e-3, warmup=200, ema_decay=0.999)
     p.add_argument("--kl-weight", type=float, default=KL_WEIGHT, help="weight of the KL term (see above)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--workers", type=int, default=None, help="data worker processes (default: CPUs - 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--val-images", type=int, default=256, help="held-out images for scaling_factor and PSNR")
-    p.add_argument(
-        "--save-every", type=float, default=3.0, help="minutes between checkpoints (0: every step)"
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if args.steps is None and args.minutes is None:
-        p.error("give --steps or --minutes (or both) so the run knows when to stop")
-    return args
+    return train.parse_run_args(p, argv)
 
 
 def check_args(args):
