@@ -329,11 +329,12 @@ def update_ema(ema, model, decay):
 
 
 @torch.no_grad()
-def to_latents(vae, images, scaling_factor, generator=None):
-    """Images -> what the UNet learns to denoise: a sample of the encoder's Gaussian (as Stable Diffusion
-    trains), times scaling_factor, so that the latents have unit variance as the noise does."""
-    mean, logvar = vae.encode(images)
-    noise = torch.randn(mean.shape, device=mean.device, generator=generator)
+def to_latents(posterior, scaling_factor):
+    """The encoder's Gaussian (``vae.encode(images)``: mean, log-variance) -> what the UNet learns to denoise:
+    a sample of it (as Stable Diffusion trains), times scaling_factor, so that the latents have unit variance
+    as the noise does. A fresh sample each call: a batch reused for several steps is encoded once."""
+    mean, logvar = posterior
+    noise = torch.randn(mean.shape, device=mean.device)
     return (mean.float() + torch.exp(0.5 * logvar.float()) * noise) * scaling_factor
 
 
@@ -468,13 +469,15 @@ def train(args):
                 waited += time.time() - t0
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 prompt_ids = prompt_ids.to(device, non_blocking=True)
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                    posterior = model.vae.encode(images)
             drop = torch.rand(prompt_ids.shape[0], device=device) < CFG_DROPOUT
             ids = prompt_ids.masked_fill(drop[:, None], 0)  # all <pad> = the empty prompt ""
 
             for group in opt.param_groups:  # warm up again after a resume: Adam's moments start from zero
                 group["lr"] = args.lr * min(1.0, (step - first_step + 1) / args.warmup)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                latents = to_latents(model.vae, images, scaling_factor)
+                latents = to_latents(posterior, scaling_factor)
                 loss = diffusion_loss(model, latents, ids, alphas_cumprod)
             opt.zero_grad(set_to_none=True)
             loss.backward()

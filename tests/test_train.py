@@ -46,7 +46,7 @@ def test_loss_is_finite_and_reaches_every_parameter():
     model = MiniSD()
     model.vae.requires_grad_(False)  # frozen, as train.prepare leaves it
     images = torch.rand(2, 3, 64, 64) * 2 - 1
-    latents = train.to_latents(model.vae, images, model.config["vae"]["scaling_factor"])
+    latents = train.to_latents(model.vae.encode(images), model.config["vae"]["scaling_factor"])
     assert latents.shape == (2, 4, 16, 16) and not latents.requires_grad
     ids = torch.from_numpy(text.tokenize(["a big red star on the left on a white background", ""]))
     assert ids.shape == (2, text.MAX_LENGTH)
